@@ -1,0 +1,13 @@
+//! storegc: a Nix store garbage-collection policy engine.
+//!
+//! Data flows one way: the store database ([`db`]) and the GC roots
+//! ([`roots`]) go into the liveness [`graph`]; the [`plan`] says which paths
+//! may go and why. Only `apply` deletes. The middle (graph, plan) touches no
+//! file system, clock or terminal.
+
+pub mod db;
+pub mod graph;
+pub mod paths;
+pub mod roots;
+pub mod settings;
+pub mod store_path;

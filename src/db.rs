@@ -23,7 +23,9 @@ pub enum DbError {
     StateDir(PathBuf, std::io::Error),
     #[error("{0}: cannot read the schema version ({1})")]
     SchemaFile(PathBuf, std::io::Error),
-    #[error("{path}: unsupported Nix database schema '{found}' (storegc reads schema {SCHEMA_VERSION})")]
+    #[error(
+        "{path}: unsupported Nix database schema '{found}' (storegc reads schema {SCHEMA_VERSION})"
+    )]
     UnsupportedSchema { path: PathBuf, found: String },
     #[error("{0}: database does not exist")]
     Missing(PathBuf),
@@ -90,7 +92,11 @@ impl Snapshot {
 
     /// Builds a snapshot from plain rows (tests and the generator use this;
     /// the database reader goes through the same assembly).
-    pub fn from_rows(rows: Vec<PathRow>, refs: &[(PathId, PathId)], drv_outputs: Vec<(PathId, PathId)>) -> Snapshot {
+    pub fn from_rows(
+        rows: Vec<PathRow>,
+        refs: &[(PathId, PathId)],
+        drv_outputs: Vec<(PathId, PathId)>,
+    ) -> Snapshot {
         let mut s = Snapshot::default();
         let mut derivers = Vec::with_capacity(rows.len());
         for r in rows {
@@ -103,7 +109,11 @@ impl Snapshot {
         s.paths.build_index();
         s.deriver = derivers
             .iter()
-            .map(|d| d.as_deref().and_then(|d| s.paths.lookup(d)).unwrap_or(NO_PATH))
+            .map(|d| {
+                d.as_deref()
+                    .and_then(|d| s.paths.lookup(d))
+                    .unwrap_or(NO_PATH)
+            })
             .collect();
         (s.ref_start, s.ref_targets) = compress_rows(s.paths.len(), refs);
         let mut drv_outputs = drv_outputs;
@@ -214,14 +224,22 @@ pub fn open(state_dir: &Path, busy_timeout: Duration) -> Result<Connection, DbEr
 /// Cost: one sequential scan of `ValidPaths`, `Refs` and
 /// `DerivationOutputs`; O(n + e) memory in flat vectors, no per-path
 /// allocation beyond the shared name arena.
-pub fn read_snapshot(state_dir: &Path, store_dir: &StoreDir, busy_timeout: Duration) -> Result<Snapshot, DbError> {
+pub fn read_snapshot(
+    state_dir: &Path,
+    store_dir: &StoreDir,
+    busy_timeout: Duration,
+) -> Result<Snapshot, DbError> {
     let conn = open(state_dir, busy_timeout)?;
     let path = db_path(state_dir);
     read_snapshot_from(&conn, &path, store_dir)
 }
 
 /// [`read_snapshot`] on an open connection; `db` names it in errors.
-pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) -> Result<Snapshot, DbError> {
+pub fn read_snapshot_from(
+    conn: &Connection,
+    db: &Path,
+    store_dir: &StoreDir,
+) -> Result<Snapshot, DbError> {
     let sql = |source| DbError::Sqlite {
         path: db.to_path_buf(),
         source,
@@ -234,7 +252,9 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
     conn.execute_batch("BEGIN DEFERRED").map_err(sql)?;
     let result = (|| {
         let max_id: i64 = conn
-            .query_row("SELECT coalesce(max(id), 0) FROM ValidPaths", [], |r| r.get(0))
+            .query_row("SELECT coalesce(max(id), 0) FROM ValidPaths", [], |r| {
+                r.get(0)
+            })
             .map_err(sql)?;
         let count: i64 = conn
             .query_row("SELECT count(*) FROM ValidPaths", [], |r| r.get(0))
@@ -258,7 +278,11 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
             let id: i64 = row.get(0).map_err(sql)?;
-            let full = row.get_ref(1).map_err(sql)?.as_str().map_err(|e| sql(e.into()))?;
+            let full = row
+                .get_ref(1)
+                .map_err(sql)?
+                .as_str()
+                .map_err(|e| sql(e.into()))?;
             let base = store_dir.store_path_of(full).map_err(|_| foreign(full))?;
             if base.len() + store_dir.as_str().len() + 1 != full.len() {
                 return Err(foreign(full));
@@ -268,7 +292,8 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
                 return Err(foreign(full));
             }
             db_to_dense[id as usize] = dense;
-            s.registration_time.push(row.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0));
+            s.registration_time
+                .push(row.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0));
             let deriver = row.get_ref(3).map_err(sql)?;
             let d = match deriver.as_str_or_null().map_err(|e| sql(e.into()))? {
                 Some(d) => match store_dir.store_path_of(d) {
@@ -278,11 +303,17 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
                 None => NO_PATH,
             };
             deriver_of.push(d);
-            s.nar_size.push(row.get::<_, Option<i64>>(4).map_err(sql)?.unwrap_or(0).max(0) as u64);
+            s.nar_size.push(
+                row.get::<_, Option<i64>>(4)
+                    .map_err(sql)?
+                    .unwrap_or(0)
+                    .max(0) as u64,
+            );
             let ultimate = row.get::<_, Option<i64>>(5).map_err(sql)?.unwrap_or(0) == 1;
             let signed = row.get::<_, bool>(6).map_err(sql)?;
             s.origin.push(
-                if ultimate { origin::ULTIMATE } else { 0 } | if signed { origin::SIGNED } else { 0 },
+                if ultimate { origin::ULTIMATE } else { 0 }
+                    | if signed { origin::SIGNED } else { 0 },
             );
         }
         drop(rows);
@@ -290,7 +321,13 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
         s.paths.build_index();
         s.deriver = deriver_of
             .iter()
-            .map(|&d| if d == NO_PATH { NO_PATH } else { s.paths.lookup(deriver_names.get(d)).unwrap_or(NO_PATH) })
+            .map(|&d| {
+                if d == NO_PATH {
+                    NO_PATH
+                } else {
+                    s.paths.lookup(deriver_names.get(d)).unwrap_or(NO_PATH)
+                }
+            })
             .collect();
         drop(deriver_names);
 
@@ -302,10 +339,15 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
             }
         };
         let mut edges: Vec<(PathId, PathId)> = Vec::new();
-        let mut stmt = conn.prepare("SELECT referrer, reference FROM Refs").map_err(sql)?;
+        let mut stmt = conn
+            .prepare("SELECT referrer, reference FROM Refs")
+            .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
-            let (a, b) = (dense(row.get(0).map_err(sql)?), dense(row.get(1).map_err(sql)?));
+            let (a, b) = (
+                dense(row.get(0).map_err(sql)?),
+                dense(row.get(1).map_err(sql)?),
+            );
             // A dangling reference cannot happen under the schema's foreign
             // keys; if it does, the edge cannot keep anything alive.
             if a != NO_PATH && b != NO_PATH {
@@ -317,11 +359,17 @@ pub fn read_snapshot_from(conn: &Connection, db: &Path, store_dir: &StoreDir) ->
         (s.ref_start, s.ref_targets) = compress_rows(s.paths.len(), &edges);
         drop(edges);
 
-        let mut stmt = conn.prepare("SELECT drv, path FROM DerivationOutputs").map_err(sql)?;
+        let mut stmt = conn
+            .prepare("SELECT drv, path FROM DerivationOutputs")
+            .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
             let drv = dense(row.get(0).map_err(sql)?);
-            let out = row.get_ref(1).map_err(sql)?.as_str().map_err(|e| sql(e.into()))?;
+            let out = row
+                .get_ref(1)
+                .map_err(sql)?
+                .as_str()
+                .map_err(|e| sql(e.into()))?;
             if drv == NO_PATH {
                 continue;
             }

@@ -49,7 +49,12 @@ impl Graph {
     /// Cost: O(n + e) time, one pass; memory 4 bytes a node and 4 an edge.
     pub fn build(snap: &Snapshot, gc: GcSettings) -> Graph {
         let n = snap.len();
-        let extra = if gc.keep_derivations { n } else { 0 } + if gc.keep_outputs { snap.drv_outputs.len() } else { 0 };
+        let extra = if gc.keep_derivations { n } else { 0 }
+            + if gc.keep_outputs {
+                snap.drv_outputs.len()
+            } else {
+                0
+            };
         let mut start = Vec::with_capacity(n + 1);
         let mut targets = Vec::with_capacity(snap.ref_targets.len() + extra);
         let mut outs = snap.drv_outputs.iter().peekable();
@@ -155,8 +160,12 @@ const PAR_FRONTIER: usize = 4096;
 /// Cost: O(n + e) work, O(depth) synchronisation points. Same result as
 /// [`live_set_sequential`].
 pub fn live_set_parallel(g: &Graph, roots: &[PathId]) -> Vec<bool> {
-    let live: Vec<AtomicBool> = (0..g.node_count()).map(|_| AtomicBool::new(false)).collect();
-    let claim = |v: PathId| !live[v as usize].load(Ordering::Relaxed) && !live[v as usize].swap(true, Ordering::Relaxed);
+    let live: Vec<AtomicBool> = (0..g.node_count())
+        .map(|_| AtomicBool::new(false))
+        .collect();
+    let claim = |v: PathId| {
+        !live[v as usize].load(Ordering::Relaxed) && !live[v as usize].swap(true, Ordering::Relaxed)
+    };
     let mut frontier: Vec<PathId> = roots.iter().copied().filter(|&r| claim(r)).collect();
     while !frontier.is_empty() {
         frontier = if frontier.len() < PAR_FRONTIER {
@@ -285,7 +294,10 @@ mod tests {
         edges.extend((1..10_000).map(|v| (v, v + 10_000)));
         let g = Graph::from_edges(n, &edges);
         assert_eq!(live_set_parallel(&g, &[0]), live_set_sequential(&g, &[0]));
-        assert_eq!(live_set_parallel(&g, &[0]).iter().filter(|&&b| b).count(), 19_999);
+        assert_eq!(
+            live_set_parallel(&g, &[0]).iter().filter(|&&b| b).count(),
+            19_999
+        );
     }
 
     #[test]
@@ -293,19 +305,56 @@ mod tests {
         use crate::db::{PathRow, Snapshot};
         let b = |c: char, n: &str| format!("{}-{n}", c.to_string().repeat(32));
         let rows = vec![
-            PathRow { basename: b('a', "x.drv"), ..Default::default() },
-            PathRow { basename: b('b', "x"), deriver: Some(b('a', "x.drv")), ..Default::default() },
-            PathRow { basename: b('c', "x-dev"), deriver: Some(b('a', "x.drv")), ..Default::default() },
+            PathRow {
+                basename: b('a', "x.drv"),
+                ..Default::default()
+            },
+            PathRow {
+                basename: b('b', "x"),
+                deriver: Some(b('a', "x.drv")),
+                ..Default::default()
+            },
+            PathRow {
+                basename: b('c', "x-dev"),
+                deriver: Some(b('a', "x.drv")),
+                ..Default::default()
+            },
         ];
         let snap = Snapshot::from_rows(rows, &[], vec![(0, 1), (0, 2)]);
-        let none = GcSettings { keep_outputs: false, keep_derivations: false };
+        let none = GcSettings {
+            keep_outputs: false,
+            keep_derivations: false,
+        };
         assert_eq!(Graph::build(&snap, none).edge_count(), 0);
-        let kd = Graph::build(&snap, GcSettings { keep_outputs: false, keep_derivations: true });
+        let kd = Graph::build(
+            &snap,
+            GcSettings {
+                keep_outputs: false,
+                keep_derivations: true,
+            },
+        );
         assert_eq!(kd.successors(1), &[0]);
         assert_eq!(kd.successors(0), &[] as &[PathId]);
-        let ko = Graph::build(&snap, GcSettings { keep_outputs: true, keep_derivations: false });
+        let ko = Graph::build(
+            &snap,
+            GcSettings {
+                keep_outputs: true,
+                keep_derivations: false,
+            },
+        );
         assert_eq!(ko.successors(0), &[1, 2]);
-        assert_eq!(edge_kind(&snap, GcSettings { keep_outputs: true, keep_derivations: true }, 0, 2), Some(EdgeKind::KeepOutputs));
+        assert_eq!(
+            edge_kind(
+                &snap,
+                GcSettings {
+                    keep_outputs: true,
+                    keep_derivations: true
+                },
+                0,
+                2
+            ),
+            Some(EdgeKind::KeepOutputs)
+        );
         assert_eq!(edge_kind(&snap, none, 0, 2), None);
     }
 }

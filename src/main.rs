@@ -1,1 +1,14 @@
-fn main() {}
+//! The `storegc` binary: parse, run, map the outcome to an exit code.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = storegc::cli::Cli::parse();
+    match storegc::commands::run(cli) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            eprintln!("storegc: {err:#}");
+            storegc::exit::ExitCode::BadInput.into()
+        }
+    }
+}

@@ -27,7 +27,9 @@ pub struct PathTable {
 
 impl std::fmt::Debug for PathTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PathTable").field("len", &self.len()).finish()
+        f.debug_struct("PathTable")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -107,7 +109,8 @@ impl PathTable {
 
     /// The id of the valid path with exactly this basename.
     pub fn lookup(&self, base: &str) -> Option<PathId> {
-        self.lookup_hash(key(base)).filter(|&id| self.get(id) == base)
+        self.lookup_hash(key(base))
+            .filter(|&id| self.get(id) == base)
     }
 }
 

@@ -16,7 +16,11 @@ use crate::store_path::StoreDir;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("{file}:{line}: {msg}")]
-    Conf { file: PathBuf, line: usize, msg: String },
+    Conf {
+        file: PathBuf,
+        line: usize,
+        msg: String,
+    },
     #[error("{0}: cannot read ({1})")]
     Read(PathBuf, std::io::Error),
 }
@@ -36,7 +40,10 @@ impl Env {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -129,7 +136,11 @@ impl Settings {
 /// `XDG_CONFIG_HOME` (default `~/.config`).
 fn user_conf_files(env: &Env) -> Vec<PathBuf> {
     if let Some(list) = env.get("NIX_USER_CONF_FILES") {
-        return list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        return list
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect();
     }
     let mut dirs: Vec<PathBuf> = env
         .get("XDG_CONFIG_DIRS")
@@ -144,7 +155,9 @@ fn user_conf_files(env: &Env) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".config")));
     dirs.extend(home);
-    dirs.into_iter().map(|d| d.join("nix").join("nix.conf")).collect()
+    dirs.into_iter()
+        .map(|d| d.join("nix").join("nix.conf"))
+        .collect()
 }
 
 fn parse_bool(v: &str, file: &Path, line: usize, key: &str) -> Result<bool, SettingsError> {
@@ -163,7 +176,12 @@ fn parse_bool(v: &str, file: &Path, line: usize, key: &str) -> Result<bool, Sett
 /// `#` starts a comment, `name = value`, `include`/`!include` of another
 /// file (relative to this one; `!include` tolerates a missing file).
 /// Settings other than the keep-* ones are ignored.
-fn apply_conf(text: &str, file: &Path, gc: &mut GcSettings, depth: u32) -> Result<(), SettingsError> {
+fn apply_conf(
+    text: &str,
+    file: &Path,
+    gc: &mut GcSettings,
+    depth: u32,
+) -> Result<(), SettingsError> {
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = raw.split('#').next().unwrap_or("");
@@ -215,13 +233,20 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env {
-            vars: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     #[test]
     fn defaults_without_environment() {
-        let s = Settings::resolve(&Overrides::default(), &env(&[("NIX_CONF_DIR", "/nonexistent"), ("HOME", "/nonexistent")])).unwrap();
+        let s = Settings::resolve(
+            &Overrides::default(),
+            &env(&[("NIX_CONF_DIR", "/nonexistent"), ("HOME", "/nonexistent")]),
+        )
+        .unwrap();
         assert_eq!(s.store_dir.as_str(), "/nix/store");
         assert_eq!(s.state_dir, PathBuf::from("/nix/var/nix"));
         assert_eq!(s.gc, GcSettings::default());
@@ -230,12 +255,24 @@ mod tests {
     #[test]
     fn conf_dir_then_nix_config_override() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("nix.conf"), "# c\nkeep-outputs = true\nsandbox = false\ninclude extra.conf\n").unwrap();
-        std::fs::write(dir.path().join("extra.conf"), "gc-keep-derivations = false\n").unwrap();
+        std::fs::write(
+            dir.path().join("nix.conf"),
+            "# c\nkeep-outputs = true\nsandbox = false\ninclude extra.conf\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("extra.conf"),
+            "gc-keep-derivations = false\n",
+        )
+        .unwrap();
         let d = dir.path().to_str().unwrap();
         let s = Settings::resolve(
             &Overrides::default(),
-            &env(&[("NIX_CONF_DIR", d), ("NIX_STORE_DIR", "/s/store/"), ("HOME", "/nonexistent")]),
+            &env(&[
+                ("NIX_CONF_DIR", d),
+                ("NIX_STORE_DIR", "/s/store/"),
+                ("HOME", "/nonexistent"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.store_dir.as_str(), "/s/store");
@@ -243,7 +280,14 @@ mod tests {
         assert!(!s.gc.keep_derivations);
         let s = Settings::resolve(
             &Overrides::default(),
-            &env(&[("NIX_CONF_DIR", d), ("NIX_CONFIG", "keep-outputs = false\nkeep-derivations = true"), ("HOME", "/nonexistent")]),
+            &env(&[
+                ("NIX_CONF_DIR", d),
+                (
+                    "NIX_CONFIG",
+                    "keep-outputs = false\nkeep-derivations = true",
+                ),
+                ("HOME", "/nonexistent"),
+            ]),
         )
         .unwrap();
         assert!(!s.gc.keep_outputs);
@@ -256,7 +300,10 @@ mod tests {
         let f = dir.path().join("nix.conf");
         std::fs::write(&f, "\nkeep-outputs = yes\n").unwrap();
         let err = Settings::resolve(
-            &Overrides { nix_conf: Some(f.clone()), ..Default::default() },
+            &Overrides {
+                nix_conf: Some(f.clone()),
+                ..Default::default()
+            },
             &Env::default(),
         )
         .unwrap_err()

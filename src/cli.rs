@@ -1,0 +1,136 @@
+//! The command line: clap types only. Turning them into settings and
+//! running commands happens in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "storegc",
+    version,
+    about = "Nix store garbage collection with policies: Nix-exact liveness, conservative pruning for binary caches and CI hosts",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The store directory [default: $NIX_STORE_DIR, else /nix/store]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+    /// Nix's state directory [default: $NIX_STATE_DIR, else /nix/var/nix]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Read this nix.conf instead of $NIX_CONF_DIR/nix.conf, the user's
+    /// config files and $NIX_CONFIG
+    #[arg(long, global = true, value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
+    /// How long to wait for a locked database
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub busy_timeout: std::time::Duration,
+    /// Worker threads [default: all cores]
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// More logs on stderr (-v info, -vv debug); STOREGC_LOG takes a
+    /// tracing filter too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars, only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute what may be deleted, without deleting anything
+    Plan(PlanArgs),
+    /// List every GC root Nix honours
+    Roots(RootsArgs),
+    /// Generate a synthetic store in a temporary folder and plan on it
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// A summary for people
+    Text,
+    /// The paths to delete, one per line, sorted
+    Paths,
+    /// The versioned plan
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RootsFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Output format on stdout
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Also write the JSON plan to this file (for `storegc apply`)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RootsArgs {
+    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
+    pub format: RootsFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many store paths to generate
+    #[arg(long, default_value_t = 3000)]
+    pub paths: usize,
+    /// Seed of the generator
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the generated store in this folder instead of a temporary one
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Output format of the plan
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+}
+
+/// Parses `5s`, `14d`, `2h 30m` with humantime.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_after_the_subcommand_too() {
+        let cli =
+            Cli::try_parse_from(["storegc", "plan", "--store-dir", "/s", "--format", "paths"])
+                .unwrap();
+        assert_eq!(cli.global.store_dir, Some(PathBuf::from("/s")));
+        assert!(matches!(
+            cli.command,
+            Command::Plan(PlanArgs {
+                format: PlanFormat::Paths,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,83 @@
+//! The command layer: resolves settings from flags and environment, runs
+//! the pipeline, writes output. Errors here carry context (`anyhow`); every
+//! error that reaches `main` is bad input and exits 2.
+
+mod plan;
+mod roots;
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::exit::ExitCode;
+use crate::load::LoadOptions;
+use crate::settings::{Env, Overrides, Settings};
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    init_logging(&cli.global);
+    if let Some(n) = cli.global.threads {
+        // Only fails when a pool exists already, which is harmless.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    match &cli.command {
+        Command::Plan(args) => plan::run(&cli.global, args),
+        Command::Roots(args) => roots::run(&cli.global, args),
+        Command::Demo(args) => plan::demo(&cli.global, args),
+    }
+}
+
+/// Settings from flags, then environment, then Nix's defaults.
+pub fn resolve_settings(global: &GlobalArgs) -> Result<Settings> {
+    let overrides = Overrides {
+        store_dir: global.store_dir.clone(),
+        state_dir: global.state_dir.clone(),
+        nix_conf: global.nix_conf.clone(),
+    };
+    Ok(Settings::resolve(&overrides, &Env::from_process())?)
+}
+
+pub fn load_options(global: &GlobalArgs) -> LoadOptions {
+    LoadOptions {
+        busy_timeout: global.busy_timeout,
+        ..LoadOptions::default()
+    }
+}
+
+/// Writes data to stdout; a closed pipe (`storegc plan | head`) is not an
+/// error.
+pub fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// The clock, read once per command.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn init_logging(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("STOREGC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

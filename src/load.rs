@@ -1,0 +1,97 @@
+//! The input end of the pipeline: roots and the database snapshot, read
+//! side by side, then the liveness graph. The only file-system reading that
+//! `plan` does happens here (and in the policy's inputs).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::db::{self, DbError, Snapshot};
+use crate::graph::Graph;
+use crate::paths::PathId;
+use crate::roots::{self, Root, RootSources, RootsError};
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+}
+
+/// The store as read at one moment.
+#[derive(Debug)]
+pub struct StoreState {
+    pub snap: Snapshot,
+    /// Every root found, sorted (valid or not).
+    pub roots: Vec<Root>,
+    /// `(index into roots, id)` for the roots whose path is valid.
+    pub root_ids: Vec<(usize, PathId)>,
+    pub graph: Graph,
+}
+
+impl StoreState {
+    /// The distinct ids held by roots.
+    pub fn root_paths(&self) -> Vec<PathId> {
+        let mut ids: Vec<PathId> = self.root_ids.iter().map(|&(_, id)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Options of the load step.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub busy_timeout: Duration,
+    /// `/proc` normally; `None` skips runtime roots.
+    pub proc_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            busy_timeout: Duration::from_secs(5),
+            proc_dir: Some(PathBuf::from("/proc")),
+        }
+    }
+}
+
+/// Scans the roots and reads the database in parallel, then builds the
+/// graph. The database check (schema, existence) runs first so bad input
+/// fails before any scanning.
+pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadError> {
+    db::check_schema(&settings.state_dir)?;
+    let sources = RootSources {
+        store_dir: settings.store_dir.clone(),
+        state_dir: settings.state_dir.clone(),
+        proc_dir: opts.proc_dir.clone(),
+    };
+    let (roots, snap) = rayon::join(
+        || {
+            let _s = tracing::info_span!("roots").entered();
+            roots::find_roots(&sources)
+        },
+        || {
+            let _s = tracing::info_span!("database").entered();
+            db::read_snapshot(&settings.state_dir, &settings.store_dir, opts.busy_timeout)
+        },
+    );
+    let snap = snap?;
+    let roots = roots?;
+    let root_ids = roots::resolve(&roots, &settings.store_dir, &snap.paths);
+    let graph = Graph::build(&snap, settings.gc);
+    tracing::info!(
+        paths = snap.len(),
+        references = snap.ref_targets.len(),
+        roots = roots.len(),
+        valid_roots = root_ids.len(),
+        "loaded"
+    );
+    Ok(StoreState {
+        snap,
+        roots,
+        root_ids,
+        graph,
+    })
+}

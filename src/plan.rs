@@ -1,0 +1,198 @@
+//! The plan: what may be deleted and why, as data. Built by a pure function
+//! from the snapshot, the roots and the decision; serialised as versioned
+//! JSON for `storegc apply` and for reports.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::Snapshot;
+use crate::paths::PathId;
+use crate::roots::Root;
+use crate::settings::GcSettings;
+use crate::store_path::StoreDir;
+
+/// Version of the plan format; `apply` refuses any other.
+pub const PLAN_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub version: u32,
+    pub store_dir: String,
+    pub state_dir: String,
+    /// When the plan was made (RFC 3339, UTC).
+    pub created: String,
+    pub settings: PlanSettings,
+    /// Every root found, sorted.
+    pub roots: Vec<Root>,
+    /// Roots the policy expired (generation links, auto roots).
+    #[serde(default)]
+    pub expired_roots: Vec<ExpiredRoot>,
+    /// Paths to delete, sorted by path.
+    pub delete: Vec<Deletion>,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSettings {
+    pub keep_outputs: bool,
+    pub keep_derivations: bool,
+    /// The policy file, if any.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExpiredRoot {
+    /// The link that goes (a generation link, a `gcroots/auto` entry).
+    pub link: String,
+    /// The store path it pointed to when planned.
+    pub target: String,
+    /// Why it expired.
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Deletion {
+    pub path: String,
+    pub nar_size: u64,
+    pub registration_time: i64,
+    /// Which rule let it go, e.g. `unreachable`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub paths: u64,
+    pub nar_bytes: u64,
+}
+
+impl std::ops::AddAssign<&Deletion> for Totals {
+    fn add_assign(&mut self, d: &Deletion) {
+        self.paths += 1;
+        self.nar_bytes += d.nar_size;
+    }
+}
+
+/// Everything about a plan that is not derived from the graph.
+#[derive(Debug, Clone)]
+pub struct PlanMeta {
+    pub store_dir: StoreDir,
+    pub state_dir: String,
+    /// Seconds since the epoch; the caller reads the clock.
+    pub now: i64,
+    pub gc: GcSettings,
+    pub policy: Option<String>,
+}
+
+/// The deletions as `(id, reason)` pairs, in any order.
+pub type Decisions<'a> = &'a [(PathId, &'a str)];
+
+impl Plan {
+    /// Assembles a plan. Pure; O(d log d) for d deletions (sorting).
+    pub fn build(
+        meta: &PlanMeta,
+        snap: &Snapshot,
+        roots: &[Root],
+        expired: Vec<ExpiredRoot>,
+        delete: Decisions<'_>,
+    ) -> Plan {
+        let mut deletions: Vec<Deletion> = delete
+            .iter()
+            .map(|&(id, reason)| Deletion {
+                path: meta.store_dir.join(snap.paths.get(id)),
+                nar_size: snap.nar_size[id as usize],
+                registration_time: snap.registration_time[id as usize],
+                reason: reason.to_string(),
+            })
+            .collect();
+        deletions.sort_unstable();
+        let mut totals = Totals::default();
+        for d in &deletions {
+            totals += d;
+        }
+        let mut roots = roots.to_vec();
+        roots.sort();
+        let mut expired_roots = expired;
+        expired_roots.sort();
+        Plan {
+            version: PLAN_VERSION,
+            store_dir: meta.store_dir.to_string(),
+            state_dir: meta.state_dir.clone(),
+            created: format_time(meta.now),
+            settings: PlanSettings {
+                keep_outputs: meta.gc.keep_outputs,
+                keep_derivations: meta.gc.keep_derivations,
+                policy: meta.policy.clone(),
+            },
+            roots,
+            expired_roots,
+            delete: deletions,
+            totals,
+        }
+    }
+}
+
+/// RFC 3339 (UTC, seconds) of a unix time.
+pub fn format_time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Every valid path no root reaches: exactly what `nix-store --gc
+/// --print-dead` reports among valid paths. O(n).
+pub fn dead_paths(live: &[bool]) -> Vec<PathId> {
+    live.iter()
+        .enumerate()
+        .filter(|(_, &l)| !l)
+        .map(|(i, _)| i as PathId)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::PathRow;
+
+    #[test]
+    fn build_sorts_and_totals() {
+        let rows = vec![
+            PathRow {
+                basename: format!("{}-b", "b".repeat(32)),
+                nar_size: 10,
+                registration_time: 5,
+                ..Default::default()
+            },
+            PathRow {
+                basename: format!("{}-a", "a".repeat(32)),
+                nar_size: 7,
+                registration_time: 6,
+                ..Default::default()
+            },
+        ];
+        let snap = Snapshot::from_rows(rows, &[], vec![]);
+        let meta = PlanMeta {
+            store_dir: StoreDir::new("/s"),
+            state_dir: "/v".into(),
+            now: 86_400,
+            gc: GcSettings::default(),
+            policy: None,
+        };
+        let plan = Plan::build(
+            &meta,
+            &snap,
+            &[],
+            vec![],
+            &[(0, "unreachable"), (1, "unreachable")],
+        );
+        assert_eq!(plan.delete[0].path, format!("/s/{}-a", "a".repeat(32)));
+        assert_eq!(
+            plan.totals,
+            Totals {
+                paths: 2,
+                nar_bytes: 17
+            }
+        );
+        assert_eq!(plan.created, "1970-01-02T00:00:00Z");
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+    }
+}

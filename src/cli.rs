@@ -52,8 +52,30 @@ pub enum Command {
     Plan(PlanArgs),
     /// List every GC root Nix honours
     Roots(RootsArgs),
+    /// Delete what a plan lets go, through `nix-store --delete`, after
+    /// re-checking it against the store as it is now
+    Apply(ApplyArgs),
     /// Generate a synthetic store in a temporary folder and plan on it
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan file written by `storegc plan --out`
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// Refuse plans older than this
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub max_plan_age: std::time::Duration,
+    /// Re-check and report, but delete nothing and remove no root
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The nix-store binary [default: nix-store on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub nix_store: Option<PathBuf>,
+    /// Report format on stdout
+    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
+    pub format: RootsFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -19,7 +19,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use petgraph::visit::{GraphBase, IntoNeighbors, NodeCount, NodeIndexable, Visitable};
+use petgraph::visit::{
+    GraphBase, IntoNeighbors, IntoNodeIdentifiers, NodeCount, NodeIndexable, Visitable,
+};
 use rayon::prelude::*;
 
 use crate::db::Snapshot;
@@ -100,6 +102,30 @@ impl Graph {
     pub fn successors(&self, u: PathId) -> &[PathId] {
         let i = u as usize;
         &self.targets[self.start[i] as usize..self.start[i + 1] as usize]
+    }
+
+    /// The subgraph induced by the ids where `keep(id)` holds, with ids
+    /// renumbered densely; returns it and the original id of each new one.
+    /// O(n + e).
+    pub fn induced(&self, keep: impl Fn(PathId) -> bool) -> (Graph, Vec<PathId>) {
+        let mut new_id = vec![NO_PATH; self.node_count()];
+        let mut old: Vec<PathId> = Vec::new();
+        for u in 0..self.node_count() as PathId {
+            if keep(u) {
+                new_id[u as usize] = old.len() as PathId;
+                old.push(u);
+            }
+        }
+        let mut edges = Vec::new();
+        for (nu, &u) in old.iter().enumerate() {
+            for &v in self.successors(u) {
+                let nv = new_id[v as usize];
+                if nv != NO_PATH {
+                    edges.push((nu as PathId, nv));
+                }
+            }
+        }
+        (Graph::from_edges(old.len(), &edges), old)
     }
 
     /// The reverse graph (who keeps `v` alive). O(n + e).
@@ -201,6 +227,13 @@ impl<'a> IntoNeighbors for &'a Graph {
     type Neighbors = std::iter::Copied<std::slice::Iter<'a, PathId>>;
     fn neighbors(self, a: PathId) -> Self::Neighbors {
         self.successors(a).iter().copied()
+    }
+}
+
+impl IntoNodeIdentifiers for &Graph {
+    type NodeIdentifiers = std::ops::Range<PathId>;
+    fn node_identifiers(self) -> Self::NodeIdentifiers {
+        0..self.node_count() as PathId
     }
 }
 

@@ -5,15 +5,17 @@
 //! may go and why. Only `apply` deletes. The middle (graph, plan) touches no
 //! file system, clock or terminal.
 
+pub mod apply;
+pub mod cli;
+pub mod commands;
 pub mod db;
+pub mod exit;
 pub mod graph;
+pub mod load;
 pub mod paths;
+pub mod plan;
+pub mod progress;
+pub mod report;
 pub mod roots;
 pub mod settings;
 pub mod store_path;
-pub mod cli;
-pub mod commands;
-pub mod exit;
-pub mod load;
-pub mod plan;
-pub mod report;

@@ -40,14 +40,30 @@ pub struct PlanSettings {
     pub policy: Option<String>,
 }
 
+/// A root the policy lets go; `apply` removes `link` only if it still reads
+/// `points_to`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ExpiredRoot {
-    /// The link that goes (a generation link, a `gcroots/auto` entry).
+    /// The link that goes: a generation link, or a `gcroots/auto` entry.
     pub link: String,
-    /// The store path it pointed to when planned.
+    /// What `link` pointed to when planned (its `readlink` text).
+    pub points_to: String,
+    /// The store path the root held.
     pub target: String,
-    /// Why it expired.
+    pub kind: ExpiredKind,
+    /// For a generation: the profile link, whose current generation is
+    /// never removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Why it expired, in words.
     pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpiredKind {
+    Generation,
+    AutoRoot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! the pipeline, writes output. Errors here carry context (`anyhow`); every
 //! error that reaches `main` is bad input and exits 2.
 
+mod apply;
 mod plan;
 mod roots;
 
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Roots(args) => roots::run(&cli.global, args),
+        Command::Apply(args) => apply::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
     }
 }

@@ -1,0 +1,254 @@
+//! Reading a plan file and deciding whether it may be applied to this store
+//! now. A plan that fails any check is refused before anything changes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::plan::{Plan, PLAN_VERSION};
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}: cannot read plan ({1})")]
+    Read(PathBuf, std::io::Error),
+    #[error("{file}:{line}: not a storegc plan: {msg}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{file}: plan format version {found}, this storegc reads version {PLAN_VERSION}")]
+    Version { file: PathBuf, found: u32 },
+    #[error("{file}: plan is for store {planned}, not this store {actual}")]
+    OtherStore {
+        file: PathBuf,
+        planned: String,
+        actual: String,
+    },
+    #[error("{file}: plan is for state dir {planned}, not {actual}")]
+    OtherState {
+        file: PathBuf,
+        planned: String,
+        actual: String,
+    },
+    #[error("{file}: 'created' is not an RFC 3339 time: '{created}'")]
+    BadTime { file: PathBuf, created: String },
+    #[error("{file}: plan is {age} old, more than --max-plan-age {max}")]
+    Stale {
+        file: PathBuf,
+        age: String,
+        max: String,
+    },
+    #[error("{file}: plan was made in the future ({created})")]
+    Future { file: PathBuf, created: String },
+    #[error("{file}: path '{path}' in the plan is not in store {store}")]
+    ForeignPath {
+        file: PathBuf,
+        path: String,
+        store: String,
+    },
+    #[error("{file}: totals ({paths} paths, {bytes} bytes) do not add up to the delete list")]
+    Totals {
+        file: PathBuf,
+        paths: u64,
+        bytes: u64,
+    },
+}
+
+/// Reads and parses a plan file.
+pub fn read_plan(file: &Path) -> Result<Plan, PlanError> {
+    let text = std::fs::read_to_string(file).map_err(|e| PlanError::Read(file.to_path_buf(), e))?;
+    serde_json::from_str(&text).map_err(|e| PlanError::Parse {
+        file: file.to_path_buf(),
+        line: e.line(),
+        msg: e.to_string(),
+    })
+}
+
+/// Checks a parsed plan against this store and the clock (`now`, unix
+/// seconds, from the caller). Pure.
+pub fn check_plan(
+    plan: &Plan,
+    file: &Path,
+    settings: &Settings,
+    now: i64,
+    max_age: Duration,
+) -> Result<(), PlanError> {
+    let file = file.to_path_buf();
+    if plan.version != PLAN_VERSION {
+        return Err(PlanError::Version {
+            file,
+            found: plan.version,
+        });
+    }
+    if plan.store_dir != settings.store_dir.as_str() {
+        return Err(PlanError::OtherStore {
+            file,
+            planned: plan.store_dir.clone(),
+            actual: settings.store_dir.to_string(),
+        });
+    }
+    let actual_state = settings.state_dir.display().to_string();
+    if plan.state_dir != actual_state {
+        return Err(PlanError::OtherState {
+            file,
+            planned: plan.state_dir.clone(),
+            actual: actual_state,
+        });
+    }
+    let created = humantime::parse_rfc3339(&plan.created).map_err(|_| PlanError::BadTime {
+        file: file.clone(),
+        created: plan.created.clone(),
+    })?;
+    let created = created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // A little clock skew is tolerated; more means a plan from elsewhere.
+    if created > now + 300 {
+        return Err(PlanError::Future {
+            file,
+            created: plan.created.clone(),
+        });
+    }
+    let age = Duration::from_secs((now - created).max(0) as u64);
+    if age > max_age {
+        return Err(PlanError::Stale {
+            file,
+            age: humantime::format_duration(age).to_string(),
+            max: humantime::format_duration(max_age).to_string(),
+        });
+    }
+    let (mut paths, mut bytes) = (0u64, 0u64);
+    for d in &plan.delete {
+        if settings
+            .store_dir
+            .store_path_of(&d.path)
+            .map(|b| b.len() + plan.store_dir.len() + 1)
+            != Ok(d.path.len())
+        {
+            return Err(PlanError::ForeignPath {
+                file,
+                path: d.path.clone(),
+                store: plan.store_dir.clone(),
+            });
+        }
+        paths += 1;
+        bytes += d.nar_size;
+    }
+    if paths != plan.totals.paths || bytes != plan.totals.nar_bytes {
+        return Err(PlanError::Totals {
+            file,
+            paths: plan.totals.paths,
+            bytes: plan.totals.nar_bytes,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Deletion, PlanSettings, Totals};
+    use crate::settings::GcSettings;
+    use crate::store_path::StoreDir;
+
+    fn settings() -> Settings {
+        Settings {
+            store_dir: StoreDir::new("/s/store"),
+            state_dir: PathBuf::from("/s/var"),
+            gc: GcSettings::default(),
+            conf_files: vec![],
+        }
+    }
+
+    fn plan() -> Plan {
+        let path = format!("/s/store/{}-x", "a".repeat(32));
+        Plan {
+            version: PLAN_VERSION,
+            store_dir: "/s/store".into(),
+            state_dir: "/s/var".into(),
+            created: crate::plan::format_time(1_000_000),
+            settings: PlanSettings {
+                keep_outputs: false,
+                keep_derivations: true,
+                policy: None,
+            },
+            roots: vec![],
+            expired_roots: vec![],
+            delete: vec![Deletion {
+                path,
+                nar_size: 5,
+                registration_time: 0,
+                reason: "unreachable".into(),
+            }],
+            totals: Totals {
+                paths: 1,
+                nar_bytes: 5,
+            },
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn accepts_a_fresh_plan_for_this_store() {
+        check_plan(&plan(), Path::new("p.json"), &settings(), 1_000_100, DAY).unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_plans_naming_the_file() {
+        let f = Path::new("p.json");
+        let mut p = plan();
+        p.version = 99;
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::Version { .. })
+        ));
+        let mut p = plan();
+        p.store_dir = "/other/store".into();
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::OtherStore { .. })
+        ));
+        let mut p = plan();
+        p.state_dir = "/other".into();
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::OtherState { .. })
+        ));
+        let e = check_plan(&plan(), f, &settings(), 1_000_000 + 2 * 86_400, DAY).unwrap_err();
+        assert!(matches!(e, PlanError::Stale { .. }));
+        assert!(
+            e.to_string().starts_with("p.json: plan is 2days old"),
+            "{e}"
+        );
+        assert!(matches!(
+            check_plan(&plan(), f, &settings(), 0, DAY),
+            Err(PlanError::Future { .. })
+        ));
+        let mut p = plan();
+        p.delete[0].path = "/elsewhere/x".into();
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::ForeignPath { .. })
+        ));
+        let mut p = plan();
+        p.totals.nar_bytes = 6;
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::Totals { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_plan_is_a_parse_error_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("plan.json");
+        let text = serde_json::to_string_pretty(&plan()).unwrap();
+        std::fs::write(&f, &text[..text.len() / 2]).unwrap();
+        let e = read_plan(&f).unwrap_err();
+        assert!(matches!(e, PlanError::Parse { .. }));
+        assert!(e.to_string().starts_with(&format!("{}:", f.display())));
+    }
+}

@@ -1,0 +1,91 @@
+//! `storegc apply PLAN`: the deleting command.
+
+use std::fmt::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+
+use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
+use crate::cli::{ApplyArgs, GlobalArgs, RootsFormat};
+use crate::exit::ExitCode;
+use crate::progress::Printer;
+use crate::report::human_bytes;
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, paths: u64) {
+        self.0.set_length(paths);
+    }
+    fn advance(&self, paths: u64) {
+        self.0.inc(paths);
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
+    let settings = super::resolve_settings(global)?;
+    // SIGINT/SIGTERM set the flag; apply stops between batches.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let opts = ApplyOptions {
+        max_plan_age: args.max_plan_age,
+        dry_run: args.dry_run,
+        nix_store: args.nix_store.clone(),
+        load: super::load_options(global),
+        ..ApplyOptions::default()
+    };
+    let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
+    let report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
+    bar.0.finish_and_clear();
+    let text = match args.format {
+        RootsFormat::Text => text(&report),
+        RootsFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    super::write_stdout(&text)?;
+    Ok(if report.failed.is_empty() && !report.interrupted {
+        ExitCode::Success
+    } else {
+        ExitCode::Partial
+    })
+}
+
+fn text(r: &ApplyReport) -> String {
+    let mut out = String::new();
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let _ = writeln!(
+        out,
+        "{verb}: {} paths, {} (narSize)",
+        r.deleted.len(),
+        human_bytes(r.deleted_nar_bytes)
+    );
+    if !r.dry_run {
+        let _ = writeln!(
+            out,
+            "freed on the filesystem: {}",
+            human_bytes(r.freed_fs_bytes.max(0) as u64)
+        );
+    }
+    let _ = writeln!(out, "kept because live now: {} paths", r.skipped_live.len());
+    let _ = writeln!(out, "already gone: {} paths", r.already_gone);
+    let _ = writeln!(out, "roots removed: {}", r.roots_removed.len());
+    for l in &r.roots_removed {
+        let _ = writeln!(out, "  {l}");
+    }
+    for (l, why) in &r.roots_kept {
+        let _ = writeln!(out, "  kept {l}: {why}");
+    }
+    if !r.failed.is_empty() {
+        let _ = writeln!(out, "failed: {} paths", r.failed.len());
+        for f in r.failed.iter().take(20) {
+            let _ = writeln!(out, "  {}: {}", f.path, f.error);
+        }
+    }
+    if r.interrupted {
+        let _ = writeln!(out, "interrupted: run apply again to finish");
+    }
+    out
+}

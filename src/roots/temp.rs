@@ -1,8 +1,271 @@
-//! Placeholder: filled in by the roots work.
+//! Temporary roots of running Nix processes: `$NIX_STATE_DIR/temproots/PID`
+//! files, read the way Nix 2.8's `findTempRoots` reads them, so a path a
+//! build has just added or is about to use is never planned for deletion.
+//!
+//! A Nix process creates its file and holds an exclusive `flock(2)` on it
+//! for its whole life (Nix 2.8 `lockFile` in `pathlocks.cc` is `flock`, not
+//! `fcntl`), appending NUL-terminated store paths. A file nobody holds a
+//! lock on belongs to a dead process and is ignored. Nix tests this by
+//! taking the lock itself and then deletes the file; this scan only opens
+//! the file read-only (an `flock` does not need write access), tries a
+//! non-blocking exclusive lock, and releases it at once when it succeeds.
+//! Nothing is ever written or removed.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use super::{Root, RootsError};
+
+use super::{errno_is, store_path_in, Root, RootKind, RootsError};
 use crate::store_path::StoreDir;
 
-pub fn find(_store_dir: &StoreDir, _dir: &Path) -> Result<Vec<Root>, RootsError> {
-    Ok(Vec::new())
+/// Finds the temporary roots in `state_dir/temproots`, kind
+/// [`RootKind::Temp`], link `{temp:PID}`. Each NUL-terminated entry of a
+/// held file that lies in the store yields the store path it lies in;
+/// other entries and an unterminated tail (a write in progress) are
+/// skipped. Hidden files are skipped, as in Nix. A missing `temproots`
+/// directory yields no roots. Read-only.
+///
+/// Cost: per file one `open`, one `flock` attempt, and a read of the file
+/// when it is held; O(total bytes read + n log n) for n roots.
+///
+/// # Errors
+/// [`RootsError::TempRootsName`] for a file not named by a process id (Nix
+/// 2.8 aborts there too); [`RootsError::Unreadable`] when a file or the
+/// directory cannot be opened for lack of permission (Nix creates the
+/// files mode 0600, so this happens when not run as their owner);
+/// [`RootsError::Scan`] for other I/O errors. A file vanishing between
+/// listing and opening is skipped.
+pub fn find(store_dir: &StoreDir, dir: &Path) -> Result<Vec<Root>, RootsError> {
+    let temproots = dir.join("temproots");
+    let entries = match fs::read_dir(&temproots) {
+        Ok(entries) => entries,
+        Err(err) if errno_is(&err, &[libc::ENOENT]) => return Ok(Vec::new()),
+        Err(err) => return Err(RootsError::io(temproots, err)),
+    };
+    let mut roots = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|err| RootsError::io(&temproots, err))?;
+        let name = entry.file_name();
+        if name.as_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        let path = entry.path();
+        let pid =
+            parse_pid(name.as_bytes()).ok_or_else(|| RootsError::TempRootsName(path.clone()))?;
+        let Some(contents) = read_if_held(&path)? else {
+            continue;
+        };
+        let link = format!("{{temp:{pid}}}");
+        // Only NUL-terminated entries count: the last split piece is
+        // whatever follows the final NUL.
+        let mut pieces: Vec<&[u8]> = contents.split(|&c| c == 0).collect();
+        pieces.pop();
+        for piece in pieces {
+            if let Some(target) = store_path_in(store_dir, piece) {
+                roots.push(Root {
+                    link: link.clone(),
+                    target,
+                    kind: RootKind::Temp,
+                    via: None,
+                });
+            }
+        }
+    }
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
+}
+
+/// The contents of the temp-roots file at `path` when some process holds a
+/// lock on it, `None` when it is stale or has vanished. Opens read-only;
+/// a successful test lock is released before returning. Cost: one `open`,
+/// one or two `flock` calls, one read of the file when held.
+fn read_if_held(path: &Path) -> Result<Option<Vec<u8>>, RootsError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if errno_is(&err, &[libc::ENOENT]) => return Ok(None),
+        Err(err) => return Err(RootsError::io(path, err)),
+    };
+    if try_lock_exclusive(&file).map_err(|err| RootsError::io(path, err))? {
+        // Stale: we got the lock, so its owner is gone. Release it now
+        // (closing would too) so a Nix process reusing the pid is not kept
+        // waiting.
+        unlock(&file).map_err(|err| RootsError::io(path, err))?;
+        return Ok(None);
+    }
+    let mut contents = Vec::new();
+    file.read_to_end(&mut contents)
+        .map_err(|err| RootsError::io(path, err))?;
+    Ok(Some(contents))
+}
+
+/// Tries a non-blocking exclusive `flock` on `file`: `Ok(true)` when taken,
+/// `Ok(false)` when another open file description holds a lock. Retries on
+/// `EINTR`. O(1).
+fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Releases an `flock` taken by [`try_lock_exclusive`]. O(1).
+fn unlock(file: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// The pid in a temp-roots file name, read as C++'s `std::stoi` reads it
+/// (what Nix 2.8 uses): leading white space, an optional sign, at least one
+/// digit, anything after the digits ignored, the value within `i32`.
+/// `None` where `stoi` would throw. O(len(name)).
+fn parse_pid(name: &[u8]) -> Option<i32> {
+    let is_space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = name.iter().position(|c| !is_space(c)).unwrap_or(name.len());
+    let rest = &name[start..];
+    let (negative, rest) = match rest.first() {
+        Some(b'-') => (true, &rest[1..]),
+        Some(b'+') => (false, &rest[1..]),
+        _ => (false, rest),
+    };
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &c in &rest[..digits] {
+        value = value.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+        if value > i64::from(i32::MAX) + 1 {
+            return None;
+        }
+    }
+    i32::try_from(if negative { -value } else { value }).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::path::PathBuf;
+
+    const H1: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+    const H2: &str = "11111111111111111111111111111111";
+    const H3: &str = "22222222222222222222222222222222";
+
+    fn setup() -> (tempfile::TempDir, StoreDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StoreDir::new(format!("{}/store", tmp.path().display()));
+        let state = tmp.path().join("state");
+        fs::create_dir_all(state.join("temproots")).unwrap();
+        (tmp, store, state)
+    }
+
+    /// Holds an exclusive flock through its own open file description, as
+    /// the owning Nix process would.
+    fn hold_lock(path: &Path) -> File {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        assert!(try_lock_exclusive(&file).unwrap());
+        file
+    }
+
+    #[test]
+    fn locked_files_are_read_and_unlocked_ones_ignored() {
+        let (_tmp, store, state) = setup();
+        let tr = state.join("temproots");
+        let live = format!(
+            "{st}/{H1}-a\0{st}/{H2}-b/sub/path\0/elsewhere/x\0{st}/bad\0{st}/{H3}-partial",
+            st = store
+        );
+        fs::write(tr.join("4242"), &live).unwrap();
+        fs::write(tr.join("77"), format!("{store}/{H3}-stale\0")).unwrap();
+        fs::write(tr.join(".keep"), "").unwrap();
+        let _held = hold_lock(&tr.join("4242"));
+
+        let roots = find(&store, &state).unwrap();
+        let want: Vec<Root> = [format!("{store}/{H1}-a"), format!("{store}/{H2}-b")]
+            .into_iter()
+            .map(|target| Root {
+                link: "{temp:4242}".to_string(),
+                target,
+                kind: RootKind::Temp,
+                via: None,
+            })
+            .collect();
+        assert_eq!(roots, want);
+
+        // The stale file was neither removed nor written to, and its lock
+        // was released: we can take it again.
+        let stale = tr.join("77");
+        assert_eq!(
+            fs::read(&stale).unwrap(),
+            format!("{store}/{H3}-stale\0").as_bytes()
+        );
+        assert!(try_lock_exclusive(&File::open(&stale).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn a_shared_lock_also_marks_the_file_live() {
+        let (_tmp, store, state) = setup();
+        let path = state.join("temproots/5");
+        fs::write(&path, format!("{store}/{H1}-a\0")).unwrap();
+        let holder = File::open(&path).unwrap();
+        // SAFETY: flock on our own fd.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH) }, 0);
+        assert_eq!(find(&store, &state).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn missing_temproots_dir_yields_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StoreDir::new("/nix/store");
+        assert_eq!(find(&store, tmp.path()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn file_not_named_by_a_pid_is_an_error() {
+        let (_tmp, store, state) = setup();
+        let path = state.join("temproots/junk");
+        fs::write(&path, "").unwrap();
+        match find(&store, &state) {
+            Err(RootsError::TempRootsName(p)) => assert_eq!(p, path),
+            other => panic!("expected TempRootsName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pid_is_parsed_like_stoi() {
+        assert_eq!(parse_pid(b"123"), Some(123));
+        assert_eq!(parse_pid(b"0042"), Some(42));
+        assert_eq!(parse_pid(b" 7x"), Some(7));
+        assert_eq!(parse_pid(b"-3"), Some(-3));
+        assert_eq!(parse_pid(b"2147483647"), Some(i32::MAX));
+        assert_eq!(parse_pid(b"-2147483648"), Some(i32::MIN));
+        assert_eq!(parse_pid(b"2147483648"), None);
+        assert_eq!(parse_pid(b"99999999999999999999999"), None);
+        assert_eq!(parse_pid(b"x1"), None);
+        assert_eq!(parse_pid(b""), None);
+        assert_eq!(parse_pid(b"-"), None);
+    }
 }

@@ -81,20 +81,22 @@ pub struct Basename<'a> {
     pub name: &'a str,
 }
 
-/// Checks a basename the way Nix's `StorePath` constructor does: 32
-/// base-32 characters, a dash, then a name of 1 to 211 characters from
-/// `[0-9a-zA-Z+-._?=]` that does not start with a dot.
+/// Checks a basename exactly as Nix 2.8's `StorePath` constructor does:
+/// 32 base-32 characters, any one character (normally `-`), then a name of
+/// 1 to 211 characters from `[0-9a-zA-Z+-._?=]`. Newer Nix also rejects
+/// names starting with a dot; 2.8 accepts them, and so do we, since
+/// accepting more names can only find more roots.
 pub fn parse_basename(base: &str) -> Result<Basename<'_>, StorePathError> {
     let bad = || StorePathError::BadBasename(base.to_string());
     let bytes = base.as_bytes();
-    if bytes.len() < HASH_LEN + 2 || bytes[HASH_LEN] != b'-' {
+    if bytes.len() < HASH_LEN + 2 || !base.is_char_boundary(HASH_LEN + 1) {
         return Err(bad());
     }
     if !bytes[..HASH_LEN].iter().all(|c| NIX_BASE32.contains(c)) {
         return Err(bad());
     }
     let name = &base[HASH_LEN + 1..];
-    if name.len() > MAX_NAME_LEN || name.starts_with('.') || !name.bytes().all(is_name_char) {
+    if name.len() > MAX_NAME_LEN || !name.bytes().all(is_name_char) {
         return Err(bad());
     }
     Ok(Basename {
@@ -135,15 +137,17 @@ mod tests {
         assert_eq!(b.hash, H);
         assert_eq!(b.name, "hello-2.12");
         assert!(parse_basename(&format!("{H}-a+b_c?=d")).is_ok());
+        // Nix 2.8 accepts a leading dot and does not check the separator.
+        assert!(parse_basename(&format!("{H}-.hidden")).is_ok());
+        assert_eq!(parse_basename(&format!("{H}_x")).unwrap().name, "x");
     }
 
     #[test]
     fn rejects_bad_basenames() {
         for bad in [
             "short-name".to_string(),
-            format!("{H}"),
+            H.to_string(),
             format!("{H}-"),
-            format!("{H}-.hidden"),
             format!("{H}-sp ace"),
             format!("{}e-x", &H[..31]),
             format!("{H}x"),

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod graph;
 pub mod load;
 pub mod paths;
+pub mod policy;
 pub mod plan;
 pub mod progress;
 pub mod report;

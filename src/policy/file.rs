@@ -1,0 +1,1046 @@
+//! The policy file: TOML text in, a typed [`Policy`] out, or one error line
+//! naming the file, the line and the key at fault.
+//!
+//! Parsing is pure. It goes in two steps: serde reads the text into raw
+//! structs that refuse unknown keys and keep each value's byte span, then
+//! every value is checked and converted (durations, sizes, globs, enums),
+//! so each error can point at its own line. Nothing here looks at the store:
+//! whether a protected path is a path of *this* store, and whether it is
+//! valid, is decided by [`crate::policy::inputs::gather`].
+//!
+//! ```toml
+//! description = "binary cache + native CI runner"
+//! [protect]          # closure-lists, paths, names
+//! [select]           # origin, older-than, names, exclude-names
+//! [[generations]]    # profile, keep-newest, keep-since
+//! [auto-roots]       # older-than, match
+//! [budget]           # max-freed, until-free, order
+//! ```
+
+use std::fmt::{self, Write as _};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::units::{format_duration, format_size, parse_duration, parse_size};
+use super::PolicyError;
+use crate::store_path::parse_basename;
+
+/// A parsed policy. [`Policy::default`] is "no policy": nothing protected,
+/// every unrooted path selected, no root expired, no budget.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    /// The file it was read from (empty for the default policy). Errors
+    /// found later name it, and relative closure-list paths are resolved
+    /// against its folder.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub protect: Protect,
+    pub select: Select,
+    pub generations: Vec<Generations>,
+    pub auto_roots: Option<AutoRoots>,
+    pub budget: Budget,
+}
+
+/// A value and the line of the policy file it came from (0 when it did not
+/// come from a file), so that checks made later can still point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub line: usize,
+}
+
+impl<T> Located<T> {
+    pub fn new(value: T) -> Located<T> {
+        Located { value, line: 0 }
+    }
+}
+
+/// `[protect]`: paths kept with their whole closure, whatever `[select]`
+/// says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Protect {
+    /// Files listing one store path a line (`#` comments).
+    pub closure_lists: Vec<Located<PathBuf>>,
+    /// Absolute store paths.
+    pub paths: Vec<Located<String>>,
+    /// Globs on the name part of every valid path.
+    pub names: Globs,
+}
+
+/// `[select]`: which unrooted paths may be deleted; every condition given
+/// must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Select {
+    pub origin: Origin,
+    /// Registered at least this long ago.
+    pub older_than: Option<Duration>,
+    /// Name globs a path must match; `None` means any name.
+    pub names: Option<Globs>,
+    /// Name globs a path must not match.
+    pub exclude_names: Globs,
+}
+
+/// `[[generations]]`: expiry of one profile's old generations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generations {
+    /// The profile link, e.g. `/nix/var/nix/profiles/system`; a relative
+    /// path is taken relative to the Nix state directory.
+    pub profile: Located<PathBuf>,
+    /// The N highest-numbered generations stay.
+    pub keep_newest: Option<u32>,
+    /// Generations whose link is younger than this stay.
+    pub keep_since: Option<Duration>,
+}
+
+/// `[auto-roots]`: expiry of indirect roots registered under
+/// `gcroots/auto` (`nix-build`'s `result` links and the like).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoRoots {
+    /// Age of the outer link (its lstat mtime) from which it expires.
+    pub older_than: Duration,
+    /// Globs on the outer link's whole path; `*` crosses `/`.
+    pub match_: Globs,
+}
+
+/// `[budget]`: how much of the delete set to take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Stop once this many bytes (narSize) are taken.
+    pub max_freed: Option<u64>,
+    /// Only free until the store's filesystem has this many bytes available.
+    pub until_free: Option<u64>,
+    pub order: Order,
+}
+
+/// `select.origin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Substituted paths too.
+    #[default]
+    Any,
+    /// Only paths not substituted: built here, or added by evaluation.
+    Local,
+}
+
+/// `budget.order`: which candidates the budget takes first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// By registration time, oldest first.
+    #[default]
+    OldestFirst,
+    /// By narSize, largest first.
+    LargestFirst,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Any => "any",
+            Origin::Local => "local",
+        }
+    }
+}
+
+impl Order {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::OldestFirst => "oldest-first",
+            Order::LargestFirst => "largest-first",
+        }
+    }
+}
+
+impl FromStr for Origin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Origin, String> {
+        match s {
+            "any" => Ok(Origin::Any),
+            "local" => Ok(Origin::Local),
+            _ => Err(format!(
+                "invalid origin '{s}' (expected \"local\" or \"any\")"
+            )),
+        }
+    }
+}
+
+impl FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Order, String> {
+        match s {
+            "oldest-first" => Ok(Order::OldestFirst),
+            "largest-first" => Ok(Order::LargestFirst),
+            _ => Err(format!(
+                "invalid order '{s}' (expected \"oldest-first\" or \"largest-first\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A list of globs compiled into one set. `*` matches across `/`.
+#[derive(Debug, Clone, Default)]
+pub struct Globs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl PartialEq for Globs {
+    fn eq(&self, other: &Globs) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Globs {
+    /// Compiles the patterns; the error names the first bad one.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Globs, (usize, globset::Error)> {
+        let mut builder = GlobSetBuilder::new();
+        for (i, p) in patterns.iter().enumerate() {
+            builder.add(compile_glob(p.as_ref()).map_err(|e| (i, e))?);
+        }
+        let set = builder.build().map_err(|e| (0, e))?;
+        Ok(Globs {
+            patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
+            set,
+        })
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.set.is_match(text)
+    }
+
+    /// The first pattern (in file order) that matches.
+    pub fn first_match(&self, text: &str) -> Option<&str> {
+        self.set
+            .matches(text)
+            .into_iter()
+            .min()
+            .map(|i| self.patterns[i].as_str())
+    }
+}
+
+fn compile_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(false).build()
+}
+
+/// Command-line flags that override the policy file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub max_freed: Option<u64>,
+    pub until_free: Option<u64>,
+    pub order: Option<Order>,
+    pub older_than: Option<Duration>,
+}
+
+impl Policy {
+    /// The policy with each given flag replacing the file's value.
+    pub fn with_overrides(mut self, o: &Overrides) -> Policy {
+        if let Some(v) = o.max_freed {
+            self.budget.max_freed = Some(v);
+        }
+        if let Some(v) = o.until_free {
+            self.budget.until_free = Some(v);
+        }
+        if let Some(v) = o.order {
+            self.budget.order = v;
+        }
+        if let Some(v) = o.older_than {
+            self.select.older_than = Some(v);
+        }
+        self
+    }
+
+    /// What the policy means, in plain words, one point a line (for
+    /// `storegc policy check`).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let quoted = |g: &Globs| {
+            g.patterns()
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Writing to a String cannot fail.
+        let mut line = |text: String| {
+            let _ = writeln!(s, "{text}");
+        };
+        let title = if self.file.as_os_str().is_empty() {
+            "Policy".to_string()
+        } else {
+            format!("Policy {}", self.file.display())
+        };
+        match &self.description {
+            Some(d) => line(format!("{title}: {d}")),
+            None => line(title),
+        }
+        line("- Every GC root Nix honours is kept, with everything it keeps alive, except the generations and auto roots expired below.".into());
+
+        let p = &self.protect;
+        if p.closure_lists.is_empty() && p.paths.is_empty() && p.names.is_empty() {
+            line("- Nothing else is protected.".into());
+        } else {
+            line("- Protected, each with its whole closure:".into());
+            for l in &p.closure_lists {
+                line(format!(
+                    "  - every store path listed in {}",
+                    l.value.display()
+                ));
+            }
+            for path in &p.paths {
+                line(format!("  - {}", path.value));
+            }
+            if !p.names.is_empty() {
+                line(format!(
+                    "  - every path whose name matches {}",
+                    quoted(&p.names)
+                ));
+            }
+        }
+
+        let sel = &self.select;
+        let mut conditions = Vec::new();
+        if sel.origin == Origin::Local {
+            conditions.push(
+                "it was built or added on this host (not substituted from a cache)".to_string(),
+            );
+        }
+        if let Some(d) = sel.older_than {
+            conditions.push(format!(
+                "it was registered at least {} ago",
+                format_duration(d)
+            ));
+        }
+        match &sel.names {
+            Some(n) if n.is_empty() => {
+                conditions.push("(names = [] matches no name: nothing is selected)".into())
+            }
+            Some(n) => conditions.push(format!("its name matches {}", quoted(n))),
+            None => {}
+        }
+        if !sel.exclude_names.is_empty() {
+            conditions.push(format!(
+                "its name matches none of {}",
+                quoted(&sel.exclude_names)
+            ));
+        }
+        if conditions.is_empty() {
+            line("- Every path no kept path needs may be deleted.".into());
+        } else {
+            line("- A path no kept path needs may be deleted only when:".into());
+            for c in conditions {
+                line(format!("  - {c}"));
+            }
+            line("  Every other path is kept, with its closure.".into());
+        }
+
+        for g in &self.generations {
+            let mut keep = Vec::new();
+            if let Some(n) = g.keep_newest {
+                keep.push(format!("the {n} highest-numbered"));
+            }
+            if let Some(d) = g.keep_since {
+                keep.push(format!(
+                    "those whose link is younger than {}",
+                    format_duration(d)
+                ));
+            }
+            let profile = if g.profile.value.is_relative() {
+                format!("{} (in the Nix state directory)", g.profile.value.display())
+            } else {
+                g.profile.value.display().to_string()
+            };
+            let others = if keep.is_empty() {
+                String::new()
+            } else {
+                format!(", and so do {}", keep.join(" and "))
+            };
+            line(format!(
+                "- Generations of profile {profile}: the current one stays{others}; \
+                 the roots of all others are expired."
+            ));
+        }
+        if let Some(a) = &self.auto_roots {
+            line(format!(
+                "- Auto roots (gcroots/auto) whose link matches {} and is at least {} old are expired.",
+                quoted(&a.match_),
+                format_duration(a.older_than)
+            ));
+        }
+
+        let b = &self.budget;
+        let mut limits = Vec::new();
+        if let Some(m) = b.max_freed {
+            limits.push(format!("at most {} (narSize) is freed", format_size(m)));
+        }
+        if let Some(u) = b.until_free {
+            limits.push(format!(
+                "only until the store's filesystem has {} available (nothing when it already has)",
+                format_size(u)
+            ));
+        }
+        if limits.is_empty() {
+            line("- No budget: every deletable path is deleted.".into());
+        } else {
+            let order = match b.order {
+                Order::OldestFirst => "oldest registered first",
+                Order::LargestFirst => "largest first",
+            };
+            line(format!(
+                "- Budget: {}; paths are taken {order}, each with the paths that still refer to it.",
+                limits.join(", and ")
+            ));
+        }
+        s
+    }
+}
+
+// Raw serde shapes: unknown keys refused, values kept with their spans.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPolicy {
+    description: Option<String>,
+    protect: Option<RawProtect>,
+    select: Option<RawSelect>,
+    #[serde(default)]
+    generations: Vec<RawGenerations>,
+    auto_roots: Option<RawAutoRoots>,
+    budget: Option<RawBudget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawProtect {
+    #[serde(default)]
+    closure_lists: Vec<Spanned<String>>,
+    #[serde(default)]
+    paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    names: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSelect {
+    origin: Option<Spanned<String>>,
+    older_than: Option<Spanned<toml::Value>>,
+    names: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    exclude_names: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGenerations {
+    profile: Spanned<String>,
+    keep_newest: Option<Spanned<i64>>,
+    keep_since: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAutoRoots {
+    older_than: Spanned<toml::Value>,
+    #[serde(rename = "match")]
+    match_: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBudget {
+    max_freed: Option<Spanned<toml::Value>>,
+    until_free: Option<Spanned<toml::Value>>,
+    order: Option<Spanned<String>>,
+}
+
+/// Reads and parses a policy file.
+pub fn load_policy(file: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+        file: file.to_path_buf(),
+        line: 0,
+        key: String::new(),
+        path: file.to_path_buf(),
+        source,
+    })?;
+    parse_policy(&text, file)
+}
+
+/// Parses policy text; `file` names it in errors and anchors relative
+/// closure-list paths. Cost: linear in the text (plus glob compilation).
+pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        let mut key = key_at_line(text, line);
+        if let Some(field) = e.message().strip_prefix("missing field `") {
+            let field = field.split('`').next().unwrap_or("");
+            key = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        let msg: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        PolicyError::invalid(file, line, &key, msg.join(": "))
+    })?;
+    let cx = Cx { text, file };
+    let mut policy = Policy {
+        file: file.to_path_buf(),
+        description: raw.description,
+        ..Policy::default()
+    };
+
+    if let Some(p) = raw.protect {
+        for l in p.closure_lists {
+            if l.get_ref().trim().is_empty() {
+                return Err(cx.err(l.span(), "protect.closure-lists", "empty file name"));
+            }
+            policy.protect.closure_lists.push(Located {
+                value: PathBuf::from(l.get_ref().trim()),
+                line: cx.line(l.span()),
+            });
+        }
+        for path in p.paths {
+            check_store_path_shape(path.get_ref())
+                .map_err(|m| cx.err(path.span(), "protect.paths", m))?;
+            policy.protect.paths.push(Located {
+                value: path.get_ref().clone(),
+                line: cx.line(path.span()),
+            });
+        }
+        policy.protect.names = cx.globs(&p.names, "protect.names")?;
+    }
+
+    if let Some(s) = raw.select {
+        if let Some(o) = s.origin {
+            policy.select.origin = o
+                .get_ref()
+                .parse()
+                .map_err(|m: String| cx.err(o.span(), "select.origin", m))?;
+        }
+        if let Some(d) = s.older_than {
+            policy.select.older_than = Some(cx.duration(&d, "select.older-than")?);
+        }
+        if let Some(n) = s.names {
+            policy.select.names = Some(cx.globs(&n, "select.names")?);
+        }
+        policy.select.exclude_names = cx.globs(&s.exclude_names, "select.exclude-names")?;
+    }
+
+    for g in raw.generations {
+        let profile = g.profile.get_ref().trim();
+        let path = PathBuf::from(profile);
+        if profile.is_empty()
+            || profile.ends_with('/')
+            || !matches!(path.file_name(), Some(n) if n != "..")
+        {
+            return Err(cx.err(
+                g.profile.span(),
+                "generations.profile",
+                format!("'{profile}' does not name a profile link"),
+            ));
+        }
+        let keep_newest = match g.keep_newest {
+            Some(n) => Some(u32::try_from(*n.get_ref()).map_err(|_| {
+                cx.err(
+                    n.span(),
+                    "generations.keep-newest",
+                    format!("{} is not a number of generations (0 or more)", n.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let keep_since = match &g.keep_since {
+            Some(d) => Some(cx.duration(d, "generations.keep-since")?),
+            None => None,
+        };
+        policy.generations.push(Generations {
+            profile: Located {
+                value: path,
+                line: cx.line(g.profile.span()),
+            },
+            keep_newest,
+            keep_since,
+        });
+    }
+
+    if let Some(a) = raw.auto_roots {
+        policy.auto_roots = Some(AutoRoots {
+            older_than: cx.duration(&a.older_than, "auto-roots.older-than")?,
+            match_: cx.globs(&a.match_, "auto-roots.match")?,
+        });
+    }
+
+    if let Some(b) = raw.budget {
+        if let Some(v) = &b.max_freed {
+            policy.budget.max_freed = Some(cx.size(v, "budget.max-freed")?);
+        }
+        if let Some(v) = &b.until_free {
+            policy.budget.until_free = Some(cx.size(v, "budget.until-free")?);
+        }
+        if let Some(o) = b.order {
+            policy.budget.order = o
+                .get_ref()
+                .parse()
+                .map_err(|m: String| cx.err(o.span(), "budget.order", m))?;
+        }
+    }
+    Ok(policy)
+}
+
+/// `<dir>/<hash>-<name>`: absolute, with a well-formed basename. Whether
+/// `<dir>` is this store's directory is checked against the store later.
+fn check_store_path_shape(path: &str) -> Result<(), String> {
+    let base = path.rsplit('/').next().unwrap_or("");
+    if !path.starts_with('/') || parse_basename(base).is_err() {
+        return Err(format!(
+            "'{path}' is not a store path (expected /nix/store/<hash>-<name>)"
+        ));
+    }
+    Ok(())
+}
+
+/// The text being parsed, for turning spans into lines.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Cx<'_> {
+    fn line(&self, span: Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    fn err(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> PolicyError {
+        PolicyError::invalid(self.file, self.line(span), key, msg)
+    }
+
+    fn globs(&self, patterns: &[Spanned<String>], key: &str) -> Result<Globs, PolicyError> {
+        let texts: Vec<&str> = patterns.iter().map(|p| p.get_ref().as_str()).collect();
+        Globs::new(&texts).map_err(|(i, e)| {
+            let span = patterns.get(i).map_or(0..0, |p| p.span());
+            let reason = match e.kind() {
+                k @ globset::ErrorKind::UnclosedClass
+                | k @ globset::ErrorKind::UnopenedAlternates
+                | k @ globset::ErrorKind::UnclosedAlternates
+                | k @ globset::ErrorKind::NestedAlternates
+                | k @ globset::ErrorKind::DanglingEscape
+                | k @ globset::ErrorKind::InvalidRange(..) => k.to_string(),
+                _ => e.to_string(),
+            };
+            self.err(
+                span,
+                key,
+                format!("invalid glob '{}' ({reason})", texts.get(i).unwrap_or(&"")),
+            )
+        })
+    }
+
+    fn duration(&self, v: &Spanned<toml::Value>, key: &str) -> Result<Duration, PolicyError> {
+        match v.get_ref() {
+            toml::Value::String(s) => parse_duration(s)
+                .map_err(|m| self.err(v.span(), key, format!("invalid duration '{s}' ({m})"))),
+            other => Err(self.err(
+                v.span(),
+                key,
+                format!("invalid duration {other} (expected a string such as \"14d\")"),
+            )),
+        }
+    }
+
+    fn size(&self, v: &Spanned<toml::Value>, key: &str) -> Result<u64, PolicyError> {
+        match v.get_ref() {
+            toml::Value::String(s) => parse_size(s)
+                .map_err(|m| self.err(v.span(), key, format!("invalid size '{s}' ({m})"))),
+            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+            other => Err(self.err(
+                v.span(),
+                key,
+                format!("invalid size {other} (expected bytes or a string such as \"100GiB\")"),
+            )),
+        }
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key an error on 1-based `line` is about, read from the text:
+/// the table header in force, then the key set on that line, or, for a line
+/// inside a value spanning several lines, the key set above it. Used for
+/// errors serde reports by span only (syntax errors, unknown keys, wrong
+/// types).
+fn key_at_line(text: &str, line: usize) -> String {
+    let is_bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let mut header = String::new();
+    let mut key: Option<String> = None;
+    for (i, raw) in text.lines().enumerate().take(line) {
+        let t = raw.split('#').next().unwrap_or("").trim();
+        let here = i + 1 == line;
+        if t.starts_with('[') && !t.contains('=') {
+            header = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key = None;
+        } else if let Some((k, _)) = t.split_once('=') {
+            if is_bare(k.trim()) {
+                key = Some(k.trim().to_string());
+            }
+        } else if here && is_bare(t) {
+            key = Some(t.to_string());
+        }
+    }
+    match key {
+        Some(k) if !header.is_empty() => format!("{header}.{k}"),
+        Some(k) => k,
+        None => header,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        parse_policy(text, Path::new("policies/x.toml")).map_err(|e| e.to_string())
+    }
+
+    #[track_caller]
+    fn assert_error(text: &str, prefix: &str, contains: &str) {
+        let err = parse(text).expect_err("accepted");
+        assert!(
+            err.starts_with(prefix),
+            "{err:?} does not start with {prefix:?}"
+        );
+        assert!(
+            err.contains(contains),
+            "{err:?} does not contain {contains:?}"
+        );
+        assert!(!err.contains('\n'), "{err:?} spans lines");
+    }
+
+    const FULL: &str = r#"
+description = "binary cache + native CI runner"
+
+[protect]
+closure-lists = ["/var/lib/storegc/nixos-configurations.txt"]
+paths = ["/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"]
+names = ["*-source"]
+
+[select]
+origin = "local"
+older-than = "14d"
+names = ["*"]
+exclude-names = ["*.drv"]
+
+[[generations]]
+profile = "/nix/var/nix/profiles/system"
+keep-newest = 5
+keep-since = "30d"
+
+[[generations]]
+profile = "per-user/ci/profile"
+
+[auto-roots]
+older-than = "14d"
+match = ["*/result", "*/result-*"]
+
+[budget]
+max-freed = "100GiB"
+until-free = 1000
+order = "largest-first"
+"#;
+
+    #[test]
+    fn parses_every_key() {
+        let p = parse(FULL).unwrap();
+        let day = 86400;
+        assert_eq!(
+            p.description.as_deref(),
+            Some("binary cache + native CI runner")
+        );
+        assert_eq!(
+            p.protect.closure_lists[0].value,
+            PathBuf::from("/var/lib/storegc/nixos-configurations.txt")
+        );
+        assert_eq!(p.protect.closure_lists[0].line, 5);
+        assert_eq!(p.protect.paths[0].line, 6);
+        assert!(p.protect.names.is_match("abc-source"));
+        assert_eq!(p.select.origin, Origin::Local);
+        assert_eq!(p.select.older_than, Some(Duration::from_secs(14 * day)));
+        assert!(p.select.names.as_ref().unwrap().is_match("anything"));
+        assert!(p.select.exclude_names.is_match("x.drv"));
+        assert_eq!(p.generations.len(), 2);
+        assert_eq!(p.generations[0].keep_newest, Some(5));
+        assert_eq!(
+            p.generations[0].keep_since,
+            Some(Duration::from_secs(30 * day))
+        );
+        assert_eq!(
+            p.generations[1].profile.value,
+            PathBuf::from("per-user/ci/profile")
+        );
+        assert_eq!(p.generations[1].keep_newest, None);
+        let a = p.auto_roots.as_ref().unwrap();
+        assert!(a.match_.is_match("/home/u/src/proj/result"));
+        assert!(a.match_.is_match("/home/u/result-dev"));
+        assert!(!a.match_.is_match("/home/u/results"));
+        assert_eq!(a.match_.first_match("/a/result-x"), Some("*/result-*"));
+        assert_eq!(p.budget.max_freed, Some(100 << 30));
+        assert_eq!(p.budget.until_free, Some(1000));
+        assert_eq!(p.budget.order, Order::LargestFirst);
+        let words = p.describe();
+        assert!(words.contains("registered at least 14days ago"), "{words}");
+        assert!(
+            words.contains("system: the current one stays, and so do the 5 highest-numbered and those whose link is younger than 30days;"),
+            "{words}"
+        );
+        assert!(
+            words.contains(
+                "per-user/ci/profile (in the Nix state directory): the current one stays; "
+            ),
+            "{words}"
+        );
+        assert!(words.contains("at most 100 GiB"), "{words}");
+    }
+
+    #[test]
+    fn empty_file_is_the_default_policy() {
+        let p = parse("# nothing\n").unwrap();
+        assert_eq!(
+            p,
+            Policy {
+                file: "policies/x.toml".into(),
+                ..Policy::default()
+            }
+        );
+        assert!(p.describe().contains("No budget"));
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let p = parse(FULL).unwrap().with_overrides(&Overrides {
+            max_freed: Some(7),
+            order: Some(Order::OldestFirst),
+            older_than: Some(Duration::from_secs(60)),
+            until_free: None,
+        });
+        assert_eq!(p.budget.max_freed, Some(7));
+        assert_eq!(p.budget.until_free, Some(1000));
+        assert_eq!(p.budget.order, Order::OldestFirst);
+        assert_eq!(p.select.older_than, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file_line_and_key() {
+        assert_error(
+            "[select]\norigin = \"local\nolder-than = \"1d\"\n",
+            "policies/x.toml:2: select.origin: ",
+            "",
+        );
+        assert_error(
+            "description = \"x\"\n\n[budget\n",
+            "policies/x.toml:3: budget: ",
+            "",
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        assert_error(
+            "[select]\norigin = \"local\"\nolder_than = \"1d\"\n",
+            "policies/x.toml:3: select.older_than: ",
+            "unknown field",
+        );
+        assert_error("\n[selct]\n", "policies/x.toml:2: selct: ", "unknown field");
+        assert_error(
+            "[[generations]]\nprofile = \"system\"\n\n[[generations]]\nprofile = \"p\"\nkeep = 3\n",
+            "policies/x.toml:6: generations.keep: ",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_file_line_and_key() {
+        assert_error(
+            "[select]\norigin = \"local\"\nolder-than = \"14 dayz\"\n",
+            "policies/x.toml:3: select.older-than: invalid duration '14 dayz' (",
+            "dayz",
+        );
+        assert_error(
+            "[auto-roots]\nmatch = []\nolder-than = 14\n",
+            "policies/x.toml:3: auto-roots.older-than: ",
+            "expected a string",
+        );
+        assert_error(
+            "[[generations]]\nprofile = \"p\"\nkeep-since = \"\"\n",
+            "policies/x.toml:3: generations.keep-since: ",
+            "invalid duration",
+        );
+    }
+
+    #[test]
+    fn bad_size_names_file_line_and_key() {
+        assert_error(
+            "[budget]\n\nmax-freed = \"10 GiBs\"\n",
+            "policies/x.toml:3: budget.max-freed: invalid size '10 GiBs'",
+            "unit",
+        );
+        assert_error(
+            "[budget]\nuntil-free = -1\n",
+            "policies/x.toml:2: budget.until-free: ",
+            "invalid size",
+        );
+    }
+
+    #[test]
+    fn bad_glob_names_file_line_and_key() {
+        assert_error(
+            "[select]\nnames = [\n  \"ok-*\",\n  \"bad[\",\n]\n",
+            "policies/x.toml:4: select.names: invalid glob 'bad['",
+            "",
+        );
+        assert_error(
+            "[protect]\nnames = [\"{a,b\"]\n",
+            "policies/x.toml:2: protect.names: invalid glob",
+            "",
+        );
+        assert_error(
+            "[auto-roots]\nolder-than = \"1d\"\nmatch = [\"*/result\", \"a[z-a]\"]\n",
+            "policies/x.toml:3: auto-roots.match: ",
+            "invalid glob",
+        );
+    }
+
+    #[test]
+    fn bad_order_and_origin_name_file_line_and_key() {
+        assert_error(
+            "[budget]\norder = \"newest-first\"\n",
+            "policies/x.toml:2: budget.order: invalid order 'newest-first'",
+            "",
+        );
+        assert_error(
+            "[select]\norigin = \"remote\"\n",
+            "policies/x.toml:2: select.origin: invalid origin 'remote'",
+            "",
+        );
+    }
+
+    #[test]
+    fn bad_values_of_other_keys_name_file_line_and_key() {
+        assert_error(
+            "[[generations]]\nprofile = \"p\"\nkeep-newest = -1\n",
+            "policies/x.toml:3: generations.keep-newest: ",
+            "",
+        );
+        assert_error(
+            "[[generations]]\nprofile = \"/x/\"\n",
+            "policies/x.toml:2: generations.profile: ",
+            "profile link",
+        );
+        assert_error(
+            "[protect]\npaths = [\"/nix/store/abc\"]\n",
+            "policies/x.toml:2: protect.paths: ",
+            "not a store path",
+        );
+        assert_error(
+            "[select]\nnames = \"*\"\n",
+            "policies/x.toml:2: select.names: ",
+            "invalid type",
+        );
+        assert_error(
+            "[auto-roots]\nolder-than = \"1d\"\n",
+            "policies/x.toml:1: auto-roots.match: ",
+            "missing field `match`",
+        );
+        assert_error(
+            "[select]\nolder-than = \"1d\"\nolder-than = \"2d\"\n",
+            "policies/x.toml:3: select.older-than: ",
+            "duplicate",
+        );
+    }
+
+    #[test]
+    fn missing_policy_file_is_one_line() {
+        let err = load_policy(Path::new("/nonexistent/p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/nonexistent/p.toml: cannot read '/nonexistent/p.toml' ("),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_policies_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for name in ["nix-cache.toml", "low-disk.toml", "workstation.toml"] {
+            let p = load_policy(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(p.description.is_some(), "{name} has no description");
+            assert!(!p.describe().is_empty());
+        }
+        let cache = load_policy(&dir.join("nix-cache.toml")).unwrap();
+        assert_eq!(cache.select.origin, Origin::Local);
+        assert_eq!(
+            cache.select.older_than,
+            Some(Duration::from_secs(14 * 86400))
+        );
+        assert_eq!(cache.generations[0].keep_newest, Some(5));
+        assert_eq!(cache.protect.closure_lists.len(), 1);
+        let low = load_policy(&dir.join("low-disk.toml")).unwrap();
+        assert_eq!(low.budget.order, Order::LargestFirst);
+        assert!(low.budget.until_free.is_some());
+        assert!(!low.protect.closure_lists.is_empty());
+        let ws = load_policy(&dir.join("workstation.toml")).unwrap();
+        assert!(ws
+            .generations
+            .iter()
+            .all(|g| g.keep_newest.is_some() && g.keep_since.is_some()));
+        assert!(ws
+            .auto_roots
+            .as_ref()
+            .unwrap()
+            .match_
+            .is_match("/home/alice/src/x/result"));
+    }
+}

@@ -57,6 +57,44 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Generate a synthetic store in a temporary folder and plan on it
     Demo(DemoArgs),
+    /// Work with policy files
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and say what it means in plain words
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Policy selection and the flags that override the policy file, for
+/// manual pruning when disk runs low.
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// The policy file (TOML); without one, storegc deletes exactly what
+    /// `nix-store --gc` would
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Stop after this many bytes (narSize), e.g. 100GiB
+    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
+    pub max_freed: Option<u64>,
+    /// Only free until the store's filesystem has this much available
+    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
+    pub until_free: Option<u64>,
+    /// Which deletable paths the budget takes first
+    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    pub order: Option<crate::policy::Order>,
+    /// Only delete paths registered at least this long ago
+    #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+}
+
+fn parse_order(s: &str) -> Result<crate::policy::Order, String> {
+    s.parse::<crate::policy::Order>().map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +134,8 @@ pub enum RootsFormat {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Output format on stdout
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
@@ -112,6 +152,8 @@ pub struct RootsArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// How many store paths to generate
     #[arg(long, default_value_t = 3000)]
     pub paths: usize,

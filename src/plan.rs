@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
-use crate::paths::PathId;
+use crate::policy::{BudgetOutcome, ByReason, Decision, Kept};
 use crate::roots::Root;
 use crate::settings::GcSettings;
 use crate::store_path::StoreDir;
@@ -29,6 +29,19 @@ pub struct Plan {
     /// Paths to delete, sorted by path.
     pub delete: Vec<Deletion>,
     pub totals: Totals,
+    /// What the policy kept, per protection (each path counted once).
+    #[serde(default)]
+    pub kept: Kept,
+    /// Deleted paths per reason.
+    #[serde(default)]
+    pub by_reason: ByReason,
+    /// How the budget was applied, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetOutcome>,
+    /// Warnings from the policy's inputs (e.g. a closure-list path that is
+    /// not valid yet).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,25 +112,25 @@ pub struct PlanMeta {
     pub policy: Option<String>,
 }
 
-/// The deletions as `(id, reason)` pairs, in any order.
-pub type Decisions<'a> = &'a [(PathId, &'a str)];
-
 impl Plan {
-    /// Assembles a plan. Pure; O(d log d) for d deletions (sorting).
+    /// Assembles a plan from the policy's decision. Pure; O(d log d) for d
+    /// deletions (sorting).
     pub fn build(
         meta: &PlanMeta,
         snap: &Snapshot,
         roots: &[Root],
         expired: Vec<ExpiredRoot>,
-        delete: Decisions<'_>,
+        decision: &Decision,
     ) -> Plan {
-        let mut deletions: Vec<Deletion> = delete
+        let mut deletions: Vec<Deletion> = decision
+            .delete
             .iter()
-            .map(|&(id, reason)| Deletion {
+            .zip(&decision.reasons)
+            .map(|(&id, reason)| Deletion {
                 path: meta.store_dir.join(snap.paths.get(id)),
                 nar_size: snap.nar_size[id as usize],
                 registration_time: snap.registration_time[id as usize],
-                reason: reason.to_string(),
+                reason: reason.as_str().to_string(),
             })
             .collect();
         deletions.sort_unstable();
@@ -143,6 +156,10 @@ impl Plan {
             expired_roots,
             delete: deletions,
             totals,
+            kept: decision.kept,
+            by_reason: decision.by_reason,
+            budget: decision.budget,
+            warnings: decision.warnings.clone(),
         }
     }
 }
@@ -153,20 +170,11 @@ pub fn format_time(unix: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Every valid path no root reaches: exactly what `nix-store --gc
-/// --print-dead` reports among valid paths. O(n).
-pub fn dead_paths(live: &[bool]) -> Vec<PathId> {
-    live.iter()
-        .enumerate()
-        .filter(|(_, &l)| !l)
-        .map(|(i, _)| i as PathId)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::db::PathRow;
+    use crate::policy::Reason;
 
     #[test]
     fn build_sorts_and_totals() {
@@ -192,13 +200,12 @@ mod tests {
             gc: GcSettings::default(),
             policy: None,
         };
-        let plan = Plan::build(
-            &meta,
-            &snap,
-            &[],
-            vec![],
-            &[(0, "unreachable"), (1, "unreachable")],
-        );
+        let decision = Decision {
+            delete: vec![0, 1],
+            reasons: vec![Reason::Unreachable; 2],
+            ..Decision::default()
+        };
+        let plan = Plan::build(&meta, &snap, &[], vec![], &decision);
         assert_eq!(plan.delete[0].path, format!("/s/{}-a", "a".repeat(32)));
         assert_eq!(
             plan.totals,

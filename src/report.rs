@@ -71,6 +71,46 @@ pub fn text(plan: &Plan, largest: usize) -> String {
             human_bytes(*bytes)
         );
     }
+    let k = &plan.kept;
+    let kept_total = k.total();
+    let _ = writeln!(
+        out,
+        "kept: {} paths, {}",
+        kept_total.paths,
+        human_bytes(kept_total.bytes)
+    );
+    for (what, t) in [
+        ("by Nix roots", k.nix_roots),
+        ("by closure lists", k.closure_lists),
+        ("by protect.paths", k.protected_paths),
+        ("by protect.names", k.protected_names),
+        ("not selected by the policy", k.unselected),
+        ("left by the budget", k.budget),
+    ] {
+        if t.paths > 0 {
+            let _ = writeln!(
+                out,
+                "  {what:<28} {:>8} paths {:>12}",
+                t.paths,
+                human_bytes(t.bytes)
+            );
+        }
+    }
+    if let Some(b) = &plan.budget {
+        if b.already_met {
+            let _ = writeln!(out, "budget: until-free already met, nothing to delete");
+        } else {
+            let _ = writeln!(
+                out,
+                "budget: {} of {} deletable",
+                human_bytes(b.limit),
+                human_bytes(b.candidates.bytes)
+            );
+        }
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     let _ = writeln!(out, "roots: {}", plan.roots.len());
     for (kind, n) in count_kinds(&plan.roots) {
         let _ = writeln!(out, "  {:<28} {n:>8}", kind.as_str());

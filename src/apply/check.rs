@@ -186,6 +186,10 @@ mod tests {
                 paths: 1,
                 nar_bytes: 5,
             },
+            kept: Default::default(),
+            by_reason: Default::default(),
+            budget: None,
+            warnings: vec![],
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, PolicyCommand};
 use crate::exit::ExitCode;
 use crate::load::LoadOptions;
 use crate::settings::{Env, Overrides, Settings};
@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Roots(args) => roots::run(&cli.global, args),
         Command::Apply(args) => apply::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
+        Command::Policy(PolicyCommand::Check { file }) => plan::check(file),
     }
 }
 

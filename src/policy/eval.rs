@@ -20,7 +20,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::budget;
 use super::file::{Origin, Policy};
@@ -113,7 +113,7 @@ pub struct ExpiredRoot {
 }
 
 /// A number of paths and their narSize sum; adds up with `+=`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub paths: u64,
     pub bytes: u64,
@@ -135,7 +135,7 @@ impl std::ops::AddAssign for Tally {
 
 /// Why each kept path is kept. Each path is counted once, under the first
 /// of these that keeps it, in this order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
     /// The closure of the remaining Nix roots.
     pub nix_roots: Tally,
@@ -168,7 +168,7 @@ impl Kept {
 }
 
 /// Deleted paths per [`Reason`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ByReason {
     pub unreachable: Tally,
     pub expired_generation: Tally,
@@ -201,7 +201,7 @@ impl ByReason {
 }
 
 /// How the budget was applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetOutcome {
     /// The bytes the budget allowed: `max-freed`, or `until-free` minus the
     /// space available, whichever is smaller.

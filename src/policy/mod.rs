@@ -28,7 +28,9 @@ pub mod units;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use eval::{evaluate, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally};
+pub use eval::{
+    evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally,
+};
 pub use file::{
     load_policy, parse_policy, AutoRoots, Budget, Generations, Globs, Located, Order, Origin,
     Overrides, Policy, Protect, Select,

@@ -57,6 +57,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Generate a synthetic store in a temporary folder and plan on it
     Demo(DemoArgs),
+    /// Why is a path alive, protected or deletable?
+    Explain(ExplainArgs),
     /// Work with policy files
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -146,6 +148,21 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct RootsArgs {
+    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
+    pub format: RootsFormat,
+    /// Also compute each root's closure size and exclusive size (what
+    /// removing that root alone would free), sorted by exclusive size
+    #[arg(long)]
+    pub sizes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A store path (absolute, a sub-path of one, or its basename)
+    #[arg(value_name = "PATH")]
+    pub path: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
     pub format: RootsFormat,
 }

@@ -3,6 +3,7 @@
 //! error that reaches `main` is bad input and exits 2.
 
 mod apply;
+mod explain;
 mod plan;
 mod roots;
 
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Roots(args) => roots::run(&cli.global, args),
         Command::Apply(args) => apply::run(&cli.global, args),
+        Command::Explain(args) => explain::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
         Command::Policy(PolicyCommand::Check { file }) => plan::check(file),
     }

@@ -39,8 +39,16 @@ pub fn resolve_policy(args: &PolicyArgs) -> Result<Policy> {
     }))
 }
 
-/// Loads the store, evaluates the policy and assembles the plan.
-pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Plan> {
+/// The store as loaded and the policy's verdict on it.
+pub struct Evaluated {
+    pub state: StoreState,
+    pub inputs: policy::PolicyInputs,
+    pub decision: policy::Decision,
+    pub now: i64,
+}
+
+/// Loads the store and evaluates the policy on it.
+pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Evaluated> {
     let printer = Printer::new(global.quiet, global.verbose);
     let spinner = printer.spinner("loading");
     let state = load(settings, &super::load_options(global))?;
@@ -71,6 +79,22 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
     for w in &decision.warnings {
         tracing::warn!("{w}");
     }
+    Ok(Evaluated {
+        state,
+        inputs,
+        decision,
+        now,
+    })
+}
+
+/// Loads the store, evaluates the policy and assembles the plan.
+pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Plan> {
+    let Evaluated {
+        state,
+        decision,
+        now,
+        ..
+    } = evaluate(global, settings, policy)?;
     let expired = decision
         .expired_roots
         .iter()

@@ -1,15 +1,34 @@
-//! `storegc roots`: every root Nix honours.
+//! `storegc roots`: every root Nix honours, optionally with the space each
+//! one holds.
+
+use std::fmt::Write;
 
 use anyhow::Result;
 
 use crate::cli::{GlobalArgs, RootsArgs, RootsFormat};
+use crate::dominators::{root_sizes, RootSizes};
 use crate::exit::ExitCode;
 use crate::load::load;
-use crate::report;
+use crate::report::{self, human_bytes};
+use crate::roots::Root;
 
 pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let state = load(&settings, &super::load_options(global))?;
+    if args.sizes {
+        let sizes = root_sizes(
+            &state.graph,
+            &state.snap.nar_size,
+            &state.roots,
+            &state.root_ids,
+        );
+        let text = match args.format {
+            RootsFormat::Text => sizes_text(&sizes, &state.roots),
+            RootsFormat::Json => sizes_json(&sizes, &state.roots)?,
+        };
+        super::write_stdout(&text)?;
+        return Ok(ExitCode::Success);
+    }
     // Only roots whose store path is valid count, as in Nix.
     let roots: Vec<_> = state
         .root_ids
@@ -22,4 +41,69 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
     };
     super::write_stdout(&text)?;
     Ok(ExitCode::Success)
+}
+
+fn sizes_text(s: &RootSizes, roots: &[Root]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>12} {:>12}  root", "exclusive", "closure");
+    for r in &s.roots {
+        let root = &roots[r.root];
+        let _ = writeln!(
+            out,
+            "{:>12} {:>12}  {} ({})",
+            human_bytes(r.size.exclusive_bytes),
+            human_bytes(r.size.closure_bytes),
+            root.link,
+            root.kind.as_str()
+        );
+    }
+    for p in &s.profiles {
+        let _ = writeln!(
+            out,
+            "profile {}: {} exclusive to its generations, {} in all",
+            p.profile,
+            human_bytes(p.size.exclusive_bytes),
+            human_bytes(p.size.closure_bytes)
+        );
+        for g in &p.generations {
+            let _ = writeln!(
+                out,
+                "  generation {:>5}: {:>12} exclusive, {:>12} closure",
+                g.number,
+                human_bytes(g.size.exclusive_bytes),
+                human_bytes(g.size.closure_bytes)
+            );
+        }
+    }
+    out
+}
+
+fn sizes_json(s: &RootSizes, roots: &[Root]) -> Result<String> {
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        link: &'a str,
+        target: &'a str,
+        kind: &'a str,
+        #[serde(flatten)]
+        size: crate::dominators::Size,
+    }
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        roots: Vec<Entry<'a>>,
+        profiles: &'a [crate::dominators::ProfileSize],
+    }
+    let out = Out {
+        roots: s
+            .roots
+            .iter()
+            .map(|r| Entry {
+                link: &roots[r.root].link,
+                target: &roots[r.root].target,
+                kind: roots[r.root].kind.as_str(),
+                size: r.size,
+            })
+            .collect(),
+        profiles: &s.profiles,
+    };
+    Ok(serde_json::to_string_pretty(&out)? + "\n")
 }

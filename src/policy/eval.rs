@@ -498,7 +498,7 @@ fn expiry(
 }
 
 /// Whether every `[select]` condition holds for `id`. O(globs).
-fn selected(snap: &Snapshot, id: PathId, policy: &Policy, now: i64) -> bool {
+pub fn selected(snap: &Snapshot, id: PathId, policy: &Policy, now: i64) -> bool {
     let s = &policy.select;
     let i = id as usize;
     if s.origin == Origin::Local && is_substituted(snap.origin[i]) {

@@ -126,6 +126,8 @@ pub enum PlanFormat {
     Paths,
     /// The versioned plan
     Json,
+    /// Tables for a CI job summary (GITHUB_STEP_SUMMARY)
+    Markdown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

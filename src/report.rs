@@ -58,17 +58,11 @@ pub fn text(plan: &Plan, largest: usize) -> String {
         plan.totals.paths,
         human_bytes(plan.totals.nar_bytes)
     );
-    let mut by_reason: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for d in &plan.delete {
-        let e = by_reason.entry(d.reason.as_str()).or_default();
-        e.0 += 1;
-        e.1 += d.nar_size;
-    }
-    for (reason, (n, bytes)) in &by_reason {
+    for (reason, (n, bytes)) in by_reason(plan) {
         let _ = writeln!(
             out,
             "  {reason:<28} {n:>8} paths {:>12}",
-            human_bytes(*bytes)
+            human_bytes(bytes)
         );
     }
     let k = &plan.kept;
@@ -79,22 +73,13 @@ pub fn text(plan: &Plan, largest: usize) -> String {
         kept_total.paths,
         human_bytes(kept_total.bytes)
     );
-    for (what, t) in [
-        ("by Nix roots", k.nix_roots),
-        ("by closure lists", k.closure_lists),
-        ("by protect.paths", k.protected_paths),
-        ("by protect.names", k.protected_names),
-        ("not selected by the policy", k.unselected),
-        ("left by the budget", k.budget),
-    ] {
-        if t.paths > 0 {
-            let _ = writeln!(
-                out,
-                "  {what:<28} {:>8} paths {:>12}",
-                t.paths,
-                human_bytes(t.bytes)
-            );
-        }
+    for (what, t) in kept_rows(plan) {
+        let _ = writeln!(
+            out,
+            "  {what:<28} {:>8} paths {:>12}",
+            t.paths,
+            human_bytes(t.bytes)
+        );
     }
     if let Some(b) = &plan.budget {
         if b.already_met {
@@ -122,18 +107,121 @@ pub fn text(plan: &Plan, largest: usize) -> String {
         }
     }
     if !plan.delete.is_empty() {
-        let mut big: Vec<_> = plan.delete.iter().collect();
-        big.sort_by(|a, b| {
-            b.nar_size
-                .cmp(&a.nar_size)
-                .then_with(|| a.path.cmp(&b.path))
-        });
         let _ = writeln!(out, "largest deletions:");
-        for d in big.into_iter().take(largest) {
+        for d in largest_first(plan).into_iter().take(largest) {
             let _ = writeln!(out, "  {:>10}  {}", human_bytes(d.nar_size), d.path);
         }
     }
     out
+}
+
+/// `--format markdown`: the text report as tables, for a CI job summary.
+pub fn markdown(plan: &Plan, largest: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## storegc plan for `{}`\n", plan.store_dir);
+    let _ = writeln!(
+        out,
+        "Made {} with keep-outputs = {}, keep-derivations = {}{}.\n",
+        plan.created,
+        plan.settings.keep_outputs,
+        plan.settings.keep_derivations,
+        plan.settings
+            .policy
+            .as_deref()
+            .map(|p| format!(", policy `{p}`"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "| | paths | size (narSize) |\n|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| **to delete** | {} | {} |",
+        plan.totals.paths,
+        human_bytes(plan.totals.nar_bytes)
+    );
+    for (reason, t) in by_reason(plan) {
+        let _ = writeln!(out, "| delete: {reason} | {} | {} |", t.0, human_bytes(t.1));
+    }
+    let kept = plan.kept.total();
+    let _ = writeln!(
+        out,
+        "| **kept** | {} | {} |",
+        kept.paths,
+        human_bytes(kept.bytes)
+    );
+    for (what, t) in kept_rows(plan) {
+        let _ = writeln!(
+            out,
+            "| kept {what} | {} | {} |",
+            t.paths,
+            human_bytes(t.bytes)
+        );
+    }
+    out.push('\n');
+    if !plan.expired_roots.is_empty() {
+        let _ = writeln!(out, "### Expired roots\n\n| link | why |\n|---|---|");
+        for e in &plan.expired_roots {
+            let _ = writeln!(out, "| `{}` | {} |", e.link, e.why);
+        }
+        out.push('\n');
+    }
+    if !plan.delete.is_empty() {
+        let _ = writeln!(
+            out,
+            "### Largest deletions\n\n| size | path | reason |\n|---:|---|---|"
+        );
+        for d in largest_first(plan).into_iter().take(largest) {
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} |",
+                human_bytes(d.nar_size),
+                d.path,
+                d.reason
+            );
+        }
+        out.push('\n');
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "> warning: {w}");
+    }
+    out
+}
+
+/// Deleted paths and bytes per reason, sorted by reason.
+fn by_reason(plan: &Plan) -> BTreeMap<&str, (u64, u64)> {
+    let mut m: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for d in &plan.delete {
+        let e = m.entry(d.reason.as_str()).or_default();
+        e.0 += 1;
+        e.1 += d.nar_size;
+    }
+    m
+}
+
+/// The non-empty protections, in the order the policy counts them.
+fn kept_rows(plan: &Plan) -> Vec<(&'static str, crate::policy::Tally)> {
+    let k = &plan.kept;
+    [
+        ("by Nix roots", k.nix_roots),
+        ("by closure lists", k.closure_lists),
+        ("by protect.paths", k.protected_paths),
+        ("by protect.names", k.protected_names),
+        ("not selected by the policy", k.unselected),
+        ("left by the budget", k.budget),
+    ]
+    .into_iter()
+    .filter(|(_, t)| t.paths > 0)
+    .collect()
+}
+
+/// Deletions by size, largest first, ties by path.
+fn largest_first(plan: &Plan) -> Vec<&crate::plan::Deletion> {
+    let mut big: Vec<_> = plan.delete.iter().collect();
+    big.sort_by(|a, b| {
+        b.nar_size
+            .cmp(&a.nar_size)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    big
 }
 
 fn count_kinds(roots: &[Root]) -> BTreeMap<RootKind, usize> {

@@ -150,6 +150,7 @@ pub fn emit(plan: &Plan, format: PlanFormat) -> Result<()> {
     let text = match format {
         PlanFormat::Text => report::text(plan, 20),
         PlanFormat::Paths => report::paths(plan),
+        PlanFormat::Markdown => report::markdown(plan, 20),
         PlanFormat::Json => {
             let mut s = serde_json::to_string_pretty(plan)?;
             s.push('\n');

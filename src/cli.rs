@@ -75,7 +75,7 @@ pub enum PolicyCommand {
 
 /// Policy selection and the flags that override the policy file, for
 /// manual pruning when disk runs low.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Clone, Args, Default)]
 pub struct PolicyArgs {
     /// The policy file (TOML); without one, storegc deletes exactly what
     /// `nix-store --gc` would
@@ -146,6 +146,10 @@ pub struct PlanArgs {
     /// Also write the JSON plan to this file (for `storegc apply`)
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// When there is no Nix store database, plan on a generated demo store
+    /// instead (as `storegc demo`) rather than failing
+    #[arg(long)]
+    pub demo_if_no_store: bool,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,7 @@ pub enum DbError {
     UnsupportedSchema { path: PathBuf, found: String },
     #[error("{0}: database does not exist")]
     Missing(PathBuf),
-    #[error("{path}: cannot read the Nix database: {source}")]
+    #[error("{path}: cannot read the Nix database")]
     Sqlite {
         path: PathBuf,
         #[source]
@@ -200,6 +200,13 @@ pub fn check_schema(state_dir: &Path) -> Result<(), DbError> {
 }
 
 /// Opens the database read-only with a busy timeout.
+///
+/// Read-only means no page of `db.sqlite` is ever written by us (not even
+/// a WAL checkpoint on close, which a read-write connection would do).
+/// Like any SQLite reader of a WAL database, the connection needs the
+/// `db.sqlite-shm` index and `db.sqlite-wal` beside it; when Nix is idle
+/// and they are absent, SQLite creates them (empty), and Nix's next write
+/// reuses them.
 pub fn open(state_dir: &Path, busy_timeout: Duration) -> Result<Connection, DbError> {
     check_schema(state_dir)?;
     let path = db_path(state_dir);

@@ -22,3 +22,4 @@ pub mod report;
 pub mod roots;
 pub mod settings;
 pub mod store_path;
+pub mod synth;

@@ -31,6 +31,22 @@ pub struct StoreState {
 }
 
 impl StoreState {
+    /// The roots `nix-store --gc --print-roots` lists: those whose store
+    /// path is valid, and every temp root (Nix lists temp roots without
+    /// checking validity). Sorted, as `roots` is. O(r).
+    pub fn reported_roots(&self) -> Vec<Root> {
+        let mut valid = vec![false; self.roots.len()];
+        for &(i, _) in &self.root_ids {
+            valid[i] = true;
+        }
+        self.roots
+            .iter()
+            .zip(valid)
+            .filter(|(r, v)| *v || r.kind == crate::roots::RootKind::Temp)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
     /// The distinct ids held by roots.
     pub fn root_paths(&self) -> Vec<PathId> {
         let mut ids: Vec<PathId> = self.root_ids.iter().map(|&(_, id)| id).collect();

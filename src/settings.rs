@@ -162,8 +162,9 @@ fn user_conf_files(env: &Env) -> Vec<PathBuf> {
 
 fn parse_bool(v: &str, file: &Path, line: usize, key: &str) -> Result<bool, SettingsError> {
     match v {
-        "true" => Ok(true),
-        "false" => Ok(false),
+        // As Nix's `BaseSetting<bool>::set` reads them.
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
         _ => Err(SettingsError::Conf {
             file: file.to_path_buf(),
             line,

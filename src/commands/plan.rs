@@ -17,7 +17,28 @@ use crate::settings::Settings;
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let policy = resolve_policy(&args.policy)?;
-    let plan = make_plan(global, &settings, &policy)?;
+    let no_db = !crate::db::db_path(&settings.state_dir).exists();
+    let plan = if no_db && args.demo_if_no_store {
+        None
+    } else {
+        Some(make_plan(global, &settings, &policy)?)
+    };
+    // An empty store (Nix installed, nothing in it) is no real store either.
+    let plan = plan.filter(|p| !args.demo_if_no_store || p.totals.paths + p.kept.total().paths > 0);
+    let Some(plan) = plan else {
+        eprintln!(
+            "storegc: no Nix store with paths under {}; planning on a demo store instead",
+            settings.state_dir.display()
+        );
+        let demo_args = DemoArgs {
+            policy: args.policy.clone(),
+            paths: 3000,
+            seed: 1,
+            keep: None,
+            format: args.format,
+        };
+        return demo(global, &demo_args);
+    };
     if let Some(out) = &args.out {
         write_plan_file(&plan, out)?;
     }
@@ -110,19 +131,10 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
     Ok(Plan::build(
         &meta,
         &state.snap,
-        &valid_roots(&state),
+        &state.reported_roots(),
         expired,
         &decision,
     ))
-}
-
-/// The roots whose store path is valid (what Nix reports).
-fn valid_roots(state: &StoreState) -> Vec<crate::roots::Root> {
-    state
-        .root_ids
-        .iter()
-        .map(|&(i, _)| state.roots[i].clone())
-        .collect()
 }
 
 /// A policy's expired root as the plan records it, with what the link
@@ -174,8 +186,90 @@ fn write_plan_file(plan: &Plan, out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn demo(_global: &GlobalArgs, _args: &DemoArgs) -> Result<ExitCode> {
-    anyhow::bail!("demo: the synthetic store generator is not wired in yet")
+/// `storegc demo`: generates a synthetic store (a binary cache that is also
+/// a CI runner: system generations, CI results, substituted and local
+/// paths) in a temporary folder, or in `--keep DIR`, and plans on it.
+pub fn demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode> {
+    let tmp;
+    let root = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            tmp = tempfile::Builder::new().prefix("storegc-demo-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let spec = crate::synth::SynthSpec {
+        paths: args.paths,
+        seed: args.seed,
+        now: super::now(),
+        ..crate::synth::SynthSpec::default()
+    };
+    let store = crate::synth::generate(&root, &spec)?;
+    eprintln!(
+        "storegc demo: a synthetic store of {} paths in {}{}",
+        store.paths,
+        store.root.display(),
+        if args.keep.is_some() {
+            ""
+        } else {
+            " (removed on exit; --keep DIR keeps it)"
+        }
+    );
+    let settings = Settings {
+        store_dir: crate::store_path::StoreDir::new(store.store_dir.display().to_string()),
+        state_dir: store.state_dir.clone(),
+        gc: Default::default(),
+        conf_files: vec![],
+    };
+    let mut policy_args = args.policy.clone();
+    if policy_args.policy.is_none() {
+        policy_args.policy = Some(write_demo_policy(&store)?);
+    }
+    let policy = resolve_policy(&policy_args)?;
+    // What plain `nix-collect-garbage` would take, for comparison.
+    let nix = make_plan(global, &settings, &Policy::default())?;
+    eprintln!(
+        "storegc demo: plain Nix GC would delete {} paths ({}), including the other hosts' systems this cache serves",
+        nix.totals.paths,
+        report::human_bytes(nix.totals.nar_bytes)
+    );
+    let plan = make_plan(global, &settings, &policy)?;
+    emit(&plan, args.format)?;
+    Ok(ExitCode::Success)
+}
+
+/// The demo's policy: `policies/nix-cache.toml`'s rules, with the closure
+/// list naming the generated store's unrooted systems as the fleet's other
+/// hosts, and the system profile inside the generated state dir.
+fn write_demo_policy(store: &crate::synth::SynthStore) -> Result<std::path::PathBuf> {
+    let list = store.root.join("nixos-configurations.txt");
+    let mut text = String::from("# Current systems of the other hosts this cache serves\n");
+    for t in &store.garbage_toplevels {
+        text.push_str(t);
+        text.push('\n');
+    }
+    std::fs::write(&list, text).with_context(|| format!("{}: cannot write", list.display()))?;
+    let policy = store.root.join("demo-policy.toml");
+    let body = format!(
+        r#"description = "demo: binary cache + native CI runner (policies/nix-cache.toml on the generated store)"
+[protect]
+closure-lists = ["{}"]
+[select]
+origin = "local"
+older-than = "14d"
+[[generations]]
+profile = "profiles/system"
+keep-newest = 5
+[auto-roots]
+older-than = "14d"
+match = ["{}/ci/*/result", "{}/ci/*/result-*"]
+"#,
+        list.display(),
+        store.root.display(),
+        store.root.display()
+    );
+    std::fs::write(&policy, body).with_context(|| format!("{}: cannot write", policy.display()))?;
+    Ok(policy)
 }
 
 /// `storegc policy check FILE`.

@@ -29,12 +29,7 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
         super::write_stdout(&text)?;
         return Ok(ExitCode::Success);
     }
-    // Only roots whose store path is valid count, as in Nix.
-    let roots: Vec<_> = state
-        .root_ids
-        .iter()
-        .map(|&(i, _)| state.roots[i].clone())
-        .collect();
+    let roots = state.reported_roots();
     let text = match args.format {
         RootsFormat::Text => report::roots_text(&roots),
         RootsFormat::Json => report::roots_json(&roots),

@@ -1,0 +1,217 @@
+//! Bad input through the real binary: a store that is missing, corrupt,
+//! locked or of another schema must make `storegc` exit 2 with exactly one
+//! line on stderr naming the path at fault, without a panic, without
+//! partial output, and without writing anything. Users meet these on
+//! broken or busy machines, and scripts rely on exit code 2 meaning
+//! "nothing was changed".
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{NixStore, Snapshot};
+
+/// The commands that read the store.
+const COMMANDS: [&[&str]; 2] = [
+    &["plan", "--format", "paths"],
+    &["roots", "--format", "json"],
+];
+
+/// Runs `cmd` and checks the bad-input contract: exit 2, one line on
+/// stderr that names `fault`, no panic, nothing on stdout, and nothing
+/// under `watched` changed.
+fn expect_bad_input(mut cmd: Command, fault: &Path, watched: &Path) {
+    let before = Snapshot::of(watched);
+    let out = cmd.output().expect("running storegc");
+    let after = Snapshot::of(watched);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = format!(
+        "{:?} {:?}\nexit: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
+        out.status
+    );
+    assert_eq!(out.status.code(), Some(2), "exit code 2 expected: {what}");
+    assert!(!stderr.contains("panicked"), "panic: {what}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "exactly one line on stderr expected: {what}"
+    );
+    assert!(
+        stderr.contains(&*fault.to_string_lossy()),
+        "stderr should name {}: {what}",
+        fault.display()
+    );
+    assert!(stdout.is_empty(), "nothing on stdout expected: {what}");
+    let diff = before.diff(&after);
+    assert!(diff.is_empty(), "storegc wrote:\n{diff}\n{what}");
+}
+
+/// A store for one test, or `None` (test skipped) without Nix.
+fn store(test: &str) -> Option<NixStore> {
+    common::nix_available(test).then(NixStore::new)
+}
+
+#[test]
+fn missing_state_dir() {
+    let t = tempfile::tempdir().expect("temp dir");
+    let state = t.path().join("no-such-state");
+    for args in COMMANDS {
+        let mut cmd = Command::new(common::storegc_bin());
+        cmd.args(args)
+            .env("NIX_STORE_DIR", t.path().join("store"))
+            .env("NIX_STATE_DIR", &state)
+            .env("NIX_CONF_DIR", t.path().join("etc"))
+            .env_remove("NIX_CONFIG")
+            .env("HOME", t.path())
+            .env("XDG_CONFIG_HOME", t.path())
+            .env("XDG_CONFIG_DIRS", t.path());
+        expect_bad_input(cmd, &state, t.path());
+    }
+}
+
+#[test]
+fn missing_database() {
+    let Some(s) = store("missing_database") else {
+        return;
+    };
+    std::fs::remove_file(s.db_path()).expect("removing db.sqlite");
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &s.db_path(), s.root());
+    }
+}
+
+#[test]
+fn corrupt_database() {
+    let Some(s) = store("corrupt_database") else {
+        return;
+    };
+    let mut rng = common::Rng::new(7);
+    let garbage: Vec<u8> = (0..65536).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(s.db_path(), garbage).expect("overwriting db.sqlite");
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &s.db_path(), s.root());
+    }
+}
+
+#[test]
+fn empty_database_file() {
+    // SQLite opens an empty file as an empty database: no tables at all.
+    let Some(s) = store("empty_database_file") else {
+        return;
+    };
+    std::fs::write(s.db_path(), b"").expect("truncating db.sqlite");
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &s.db_path(), s.root());
+    }
+}
+
+#[test]
+fn unsupported_schema() {
+    let Some(s) = store("unsupported_schema") else {
+        return;
+    };
+    let schema = s.state_dir.join("db/schema");
+    for text in ["7", "11", "ten", ""] {
+        std::fs::write(&schema, text).expect("writing db/schema");
+        for args in COMMANDS {
+            expect_bad_input(s.storegc(args), &schema, s.root());
+        }
+    }
+    std::fs::remove_file(&schema).expect("removing db/schema");
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &schema, s.root());
+    }
+}
+
+#[test]
+fn bad_nix_conf() {
+    // Nix itself refuses this file ("Boolean setting 'keep-outputs' has
+    // invalid value 'maybe'").
+    let Some(s) = store("bad_nix_conf") else {
+        return;
+    };
+    s.set_conf_text("keep-outputs = maybe\n");
+    let nix = s.try_run("nix-store", &["--gc", "--print-dead"]);
+    assert!(!nix.status.success(), "Nix accepted keep-outputs = maybe");
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &s.conf_path(), s.root());
+    }
+}
+
+#[test]
+fn locked_database() {
+    let Some(s) = store("locked_database") else {
+        return;
+    };
+    // Nix's database is in WAL mode; an exclusive locking mode taken by a
+    // write transaction keeps every other connection out, readers too.
+    let holder = rusqlite::Connection::open(s.db_path()).expect("opening db.sqlite");
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .expect("taking the exclusive lock");
+    let n: i64 = holder
+        .query_row("SELECT count(*) FROM ValidPaths", [], |r| r.get(0))
+        .expect("reading under the lock");
+    assert!(n >= 0);
+
+    // The lock does keep a reader out (else this test would prove nothing).
+    let probe = rusqlite::Connection::open_with_flags(
+        s.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("opening a probe connection");
+    let blocked = probe.query_row("SELECT count(*) FROM ValidPaths", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    assert!(
+        blocked.is_err(),
+        "the exclusive lock did not block a reader; this test cannot work here"
+    );
+    drop(probe);
+
+    for args in COMMANDS {
+        let start = Instant::now();
+        expect_bad_input(s.storegc(args), &s.db_path(), s.root());
+        // It waited for the lock (the default busy timeout), within reason.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(60),
+            "storegc gave up on the lock after {waited:?}"
+        );
+    }
+    holder
+        .execute_batch("ROLLBACK;")
+        .expect("releasing the lock");
+}
+
+#[test]
+fn unreadable_state_dir() {
+    // Root reads everything, so only meaningful for other users.
+    if unsafe { libc::geteuid() } == 0 {
+        common::skip_note("unreadable_state_dir: running as root, who reads everything");
+        return;
+    }
+    let Some(s) = store("unreadable_state_dir") else {
+        return;
+    };
+    let db_dir = s.state_dir.join("db");
+    /// Gives the folder its mode back, even when an assertion fails, so
+    /// the store can be removed.
+    struct Restore<'a>(&'a Path);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let _restore = Restore(&db_dir);
+    for args in COMMANDS {
+        expect_bad_input(s.storegc(args), &db_dir, &db_dir);
+    }
+}

@@ -96,7 +96,7 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
     let snap = snap?;
     let roots = roots?;
     let root_ids = roots::resolve(&roots, &settings.store_dir, &snap.paths);
-    let graph = Graph::build(&snap, settings.gc);
+    let graph = tracing::info_span!("graph").in_scope(|| Graph::build(&snap, settings.gc));
     tracing::info!(
         paths = snap.len(),
         references = snap.ref_targets.len(),

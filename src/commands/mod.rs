@@ -83,6 +83,9 @@ fn init_logging(global: &GlobalArgs) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .without_time()
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Each phase's span reports its time when it closes (with -v).
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .try_init();
 }

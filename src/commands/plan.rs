@@ -128,6 +128,7 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
         gc: settings.gc,
         policy: (!policy.file.as_os_str().is_empty()).then(|| policy.file.display().to_string()),
     };
+    let _s = tracing::info_span!("plan").entered();
     Ok(Plan::build(
         &meta,
         &state.snap,

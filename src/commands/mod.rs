@@ -4,6 +4,7 @@
 
 mod apply;
 mod explain;
+mod generate;
 mod plan;
 mod roots;
 
@@ -32,6 +33,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
         Command::Policy(PolicyCommand::Check { file }) => plan::check(file),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man => generate::man(),
     }
 }
 

@@ -256,6 +256,12 @@ pub fn read_snapshot_from(
         path: p.to_string(),
         store_dir: store_dir.to_string(),
     };
+    // An integer column (or NULL), without rusqlite's generic conversion.
+    let int = |row: &rusqlite::Row<'_>, i: usize| -> Result<Option<i64>, DbError> {
+        row.get_ref_unwrap(i)
+            .as_i64_or_null()
+            .map_err(|e| sql(e.into()))
+    };
     conn.execute_batch("BEGIN DEFERRED").map_err(sql)?;
     let result = (|| {
         let max_id: i64 = conn
@@ -284,12 +290,8 @@ pub fn read_snapshot_from(
             .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
-            let id: i64 = row.get(0).map_err(sql)?;
-            let full = row
-                .get_ref(1)
-                .map_err(sql)?
-                .as_str()
-                .map_err(|e| sql(e.into()))?;
+            let id = int(row, 0)?.unwrap_or(-1);
+            let full = row.get_ref_unwrap(1).as_str().map_err(|e| sql(e.into()))?;
             let base = store_dir.store_path_of(full).map_err(|_| foreign(full))?;
             if base.len() + store_dir.as_str().len() + 1 != full.len() {
                 return Err(foreign(full));
@@ -299,9 +301,8 @@ pub fn read_snapshot_from(
                 return Err(foreign(full));
             }
             db_to_dense[id as usize] = dense;
-            s.registration_time
-                .push(row.get::<_, Option<i64>>(2).map_err(sql)?.unwrap_or(0));
-            let deriver = row.get_ref(3).map_err(sql)?;
+            s.registration_time.push(int(row, 2)?.unwrap_or(0));
+            let deriver = row.get_ref_unwrap(3);
             let d = match deriver.as_str_or_null().map_err(|e| sql(e.into()))? {
                 Some(d) => match store_dir.store_path_of(d) {
                     Ok(b) => deriver_names.push(b),
@@ -310,14 +311,9 @@ pub fn read_snapshot_from(
                 None => NO_PATH,
             };
             deriver_of.push(d);
-            s.nar_size.push(
-                row.get::<_, Option<i64>>(4)
-                    .map_err(sql)?
-                    .unwrap_or(0)
-                    .max(0) as u64,
-            );
-            let ultimate = row.get::<_, Option<i64>>(5).map_err(sql)?.unwrap_or(0) == 1;
-            let signed = row.get::<_, bool>(6).map_err(sql)?;
+            s.nar_size.push(int(row, 4)?.unwrap_or(0).max(0) as u64);
+            let ultimate = int(row, 5)?.unwrap_or(0) == 1;
+            let signed = int(row, 6)?.unwrap_or(0) != 0;
             s.origin.push(
                 if ultimate { origin::ULTIMATE } else { 0 }
                     | if signed { origin::SIGNED } else { 0 },
@@ -352,8 +348,8 @@ pub fn read_snapshot_from(
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
             let (a, b) = (
-                dense(row.get(0).map_err(sql)?),
-                dense(row.get(1).map_err(sql)?),
+                dense(int(row, 0)?.unwrap_or(-1)),
+                dense(int(row, 1)?.unwrap_or(-1)),
             );
             // A dangling reference cannot happen under the schema's foreign
             // keys; if it does, the edge cannot keep anything alive.
@@ -371,12 +367,8 @@ pub fn read_snapshot_from(
             .map_err(sql)?;
         let mut rows = stmt.query([]).map_err(sql)?;
         while let Some(row) = rows.next().map_err(sql)? {
-            let drv = dense(row.get(0).map_err(sql)?);
-            let out = row
-                .get_ref(1)
-                .map_err(sql)?
-                .as_str()
-                .map_err(|e| sql(e.into()))?;
+            let drv = dense(int(row, 0)?.unwrap_or(-1));
+            let out = row.get_ref_unwrap(1).as_str().map_err(|e| sql(e.into()))?;
             if drv == NO_PATH {
                 continue;
             }

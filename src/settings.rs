@@ -299,7 +299,7 @@ mod tests {
     fn bad_boolean_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("nix.conf");
-        std::fs::write(&f, "\nkeep-outputs = yes\n").unwrap();
+        std::fs::write(&f, "\nkeep-outputs = maybe\n").unwrap();
         let err = Settings::resolve(
             &Overrides {
                 nix_conf: Some(f.clone()),

@@ -8,6 +8,28 @@ use std::fmt;
 
 /// Nix's base-32 alphabet (no `e`, `o`, `u`, `t`).
 const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+/// Byte classes for the checks below: one table lookup a byte (parsing
+/// runs once per database row, so this is on the load's hot path).
+const BASE32_CHAR: u8 = 1;
+const NAME_CHAR: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < NIX_BASE32.len() {
+        t[NIX_BASE32[i] as usize] |= BASE32_CHAR;
+        i += 1;
+    }
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=') {
+            t[c] |= NAME_CHAR;
+        }
+        c += 1;
+    }
+    t
+};
 /// Length of the hash part of a store path basename.
 pub const HASH_LEN: usize = 32;
 /// Longest name part Nix accepts.
@@ -53,7 +75,10 @@ impl StoreDir {
         let rest = self
             .is_in_store(path)
             .ok_or_else(|| StorePathError::NotInStore(path.to_string(), self.0.clone()))?;
-        let base = rest.split('/').next().unwrap_or(rest);
+        let base = match rest.as_bytes().iter().position(|&b| b == b'/') {
+            Some(i) => &rest[..i],
+            None => rest,
+        };
         parse_basename(base)?;
         Ok(base)
     }
@@ -92,7 +117,10 @@ pub fn parse_basename(base: &str) -> Result<Basename<'_>, StorePathError> {
     if bytes.len() < HASH_LEN + 2 || !base.is_char_boundary(HASH_LEN + 1) {
         return Err(bad());
     }
-    if !bytes[..HASH_LEN].iter().all(|c| NIX_BASE32.contains(c)) {
+    if !bytes[..HASH_LEN]
+        .iter()
+        .all(|&c| CLASS[c as usize] & BASE32_CHAR != 0)
+    {
         return Err(bad());
     }
     let name = &base[HASH_LEN + 1..];
@@ -106,7 +134,7 @@ pub fn parse_basename(base: &str) -> Result<Basename<'_>, StorePathError> {
 }
 
 fn is_name_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"+-._?=".contains(&c)
+    CLASS[c as usize] & NAME_CHAR != 0
 }
 
 /// The name part of a basename already known to be valid.

@@ -140,8 +140,11 @@ impl Plan {
         }
         let mut roots = roots.to_vec();
         roots.sort();
+        // One entry per link: Nix 2.8's `nix-env -p` also registers each
+        // generation under gcroots/auto, so a generation is found twice.
         let mut expired_roots = expired;
         expired_roots.sort();
+        expired_roots.dedup_by(|a, b| a.link == b.link);
         Plan {
             version: PLAN_VERSION,
             store_dir: meta.store_dir.to_string(),

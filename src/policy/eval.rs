@@ -418,17 +418,20 @@ pub fn evaluate(
             .get_mut(r)
             .add(snap.nar_size[id as usize]);
     }
-    // A root whose target the budget leaves is not expired this time: its
-    // closure stays whole, and nothing taken is reachable from it (taken
-    // groups carry all their referrers). O(roots) with a bitmap.
+    // Under a budget, a root is expired only when the budget deletes its
+    // target: one whose target the budget leaves (or something else keeps)
+    // stays this time, so its closure stays whole, and when the budget
+    // takes nothing (until-free already met) no root goes either. Nothing
+    // taken is reachable from a kept root (taken groups carry all their
+    // referrers). O(roots) with a bitmap.
     if decision.budget.is_some() {
-        let mut held = vec![false; roots.len()];
+        let mut freed = vec![false; roots.len()];
         for &(i, id) in root_ids {
-            if i < held.len() && in_set[id as usize] && !deleted[id as usize] {
-                held[i] = true;
+            if i < freed.len() && deleted[id as usize] {
+                freed[i] = true;
             }
         }
-        decision.expired_roots.retain(|e| !held[e.root]);
+        decision.expired_roots.retain(|e| freed[e.root]);
     }
     let k = &mut decision.kept;
     for id in 0..n {

@@ -20,6 +20,16 @@ for tool in gcc sqlite3; do
   }
 done
 
+# tests/deploy_files.rs runs nix/check.sh: systemd-analyze verifies the
+# units under nix/systemd, shellcheck lints the scripts they run.
+for pkg in systemd-analyze:systemd shellcheck:shellcheck; do
+  command -v "${pkg%%:*}" >/dev/null 2>&1 || {
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkg#*:}" >/dev/null
+  }
+done
+
 # The integration tests fail, instead of skipping, when Nix is missing.
 export STOREGC_REQUIRE_NIX=1
 cargo test --all-targets "$@"

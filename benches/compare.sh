@@ -6,6 +6,7 @@
 # target/bench-stores so later runs skip generation.
 #
 #   benches/compare.sh [PATHS...]      default: 200000
+#   SKIP_NIX=1 benches/compare.sh 1000000   (no Nix run, no store files)
 #
 # Needs nix-store and sqlite3 (tests/run.sh installs them via apt).
 set -euo pipefail
@@ -20,7 +21,7 @@ for tool in nix-store sqlite3 /usr/bin/time; do
     break
   }
 done
-cargo build --release --quiet --bin storegc --bin storegc-synth
+cargo build --release --quiet --bin storegc --bin storegc-synth --bin storegc-floor
 bin=target/release
 cache=target/bench-stores
 mkdir -p "$cache"
@@ -37,10 +38,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) b = 0.001; printf "%.1f",
 
 printf '%-10s %-28s %10s %10s\n' paths what seconds peak_MiB
 for n in "${sizes[@]}"; do
-  root="$cache/store-$n"
+  # Without Nix in the comparison, the store needs no files (only the
+  # database and the roots), which keeps a million-path store cheap.
+  files=""
+  suffix=""
+  if [ "${SKIP_NIX:-}" = 1 ]; then files="--no-files"; suffix="-nofiles"; fi
+  root="$cache/store-$n$suffix"
   if [ ! -f "$root/.complete" ]; then
     rm -rf "$root"
-    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 "$root" >/dev/null
+    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 $files "$root" >/dev/null
     touch "$root/.complete"
   fi
   root=$(cd "$root" && pwd)
@@ -51,17 +57,29 @@ for n in "${sizes[@]}"; do
   cat "$db" >/dev/null
 
   read -r t_sql m_sql < <(measure sqlite3 "$db" "SELECT id, path, registrationTime, deriver, narSize, ultimate, sigs FROM ValidPaths; SELECT referrer, reference FROM Refs;")
+  read -r t_floor m_floor < <(measure "$bin/storegc-floor" "$db")
   read -r t_gc m_gc < <(measure "$bin/storegc" plan --format paths)
-  read -r t_nix m_nix < <(measure nix-store --gc --print-dead)
-  # The answers must agree, or the timing means nothing.
-  "$bin/storegc" plan --format paths | sort >"$cache/storegc-$n.txt"
-  nix-store --gc --print-dead 2>/dev/null | sort >"$cache/nix-$n.txt"
-  if ! cmp -s "$cache/storegc-$n.txt" "$cache/nix-$n.txt"; then
-    echo "MISMATCH: storegc and nix-store --print-dead disagree on the $n-path store" >&2
-    exit 1
+  read -r t_gc1 m_gc1 < <(measure "$bin/storegc" --threads 1 plan --format paths)
+  t_nix=skipped m_nix=0
+  if [ "${SKIP_NIX:-}" != 1 ]; then
+    read -r t_nix m_nix < <(measure nix-store --gc --print-dead)
   fi
-  printf '%-10s %-28s %10s %10s\n' "$n" "sqlite3 scan" "$t_sql" "$((m_sql / 1024))"
-  printf '%-10s %-28s %10s %10s\n' "$n" "nix-store --print-dead" "$t_nix" "$((m_nix / 1024))"
-  printf '%-10s %-28s %10s %10s\n' "$n" "storegc plan" "$t_gc" "$((m_gc / 1024))"
-  echo "ratio $n: storegc is $(ratio "$t_nix" "$t_gc")x faster than Nix; $(ratio "$t_gc" "$t_sql")x the sqlite3 scan time"
+  # The answers must agree, or the timing means nothing.
+  if [ "${SKIP_NIX:-}" != 1 ]; then
+    "$bin/storegc" plan --format paths | sort >"$cache/storegc-$n.txt"
+    nix-store --gc --print-dead 2>/dev/null | sort >"$cache/nix-$n.txt"
+    if ! cmp -s "$cache/storegc-$n.txt" "$cache/nix-$n.txt"; then
+      echo "MISMATCH: storegc and nix-store --print-dead disagree on the $n-path store" >&2
+      exit 1
+    fi
+  fi
+  row() { printf '%-10s %-28s %10s %10s\n' "$n" "$1" "$2" "$(($3 / 1024))"; }
+  row "sqlite3 scan" "$t_sql" "$m_sql"
+  row "rusqlite floor" "$t_floor" "$m_floor"
+  row "nix-store --print-dead" "$t_nix" "$m_nix"
+  row "storegc plan" "$t_gc" "$m_gc"
+  row "storegc plan --threads 1" "$t_gc1" "$m_gc1"
+  echo "ratio $n: storegc plan is $(ratio "$t_nix" "$t_gc")x faster than Nix;" \
+    "$(ratio "$t_gc" "$t_sql")x the sqlite3 scan time; $(ratio "$t_gc" "$t_floor")x the rusqlite floor;" \
+    "$(( m_gc * 1024 / n )) bytes peak RSS a path; $(ratio "$t_gc1" "$t_gc")x speed-up from threads"
 done

@@ -236,16 +236,31 @@ pub fn read_snapshot(
     store_dir: &StoreDir,
     busy_timeout: Duration,
 ) -> Result<Snapshot, DbError> {
-    let conn = open(state_dir, busy_timeout)?;
-    let path = db_path(state_dir);
-    read_snapshot_from(&conn, &path, store_dir)
+    read_snapshot_with(state_dir, store_dir, busy_timeout, true)
 }
 
-/// [`read_snapshot`] on an open connection; `db` names it in errors.
+/// [`read_snapshot`], reading `DerivationOutputs` only when asked:
+/// liveness needs it only under `keep-outputs` (the keep-derivations edge
+/// comes from `ValidPaths.deriver`), and it is about half as many rows as
+/// `ValidPaths`, each with a path to parse. Without it,
+/// [`Snapshot::drv_outputs`] is empty.
+pub fn read_snapshot_with(
+    state_dir: &Path,
+    store_dir: &StoreDir,
+    busy_timeout: Duration,
+    derivation_outputs: bool,
+) -> Result<Snapshot, DbError> {
+    let conn = open(state_dir, busy_timeout)?;
+    let path = db_path(state_dir);
+    read_snapshot_from(&conn, &path, store_dir, derivation_outputs)
+}
+
+/// [`read_snapshot_with`] on an open connection; `db` names it in errors.
 pub fn read_snapshot_from(
     conn: &Connection,
     db: &Path,
     store_dir: &StoreDir,
+    derivation_outputs: bool,
 ) -> Result<Snapshot, DbError> {
     let sql = |source| DbError::Sqlite {
         path: db.to_path_buf(),
@@ -362,6 +377,9 @@ pub fn read_snapshot_from(
         (s.ref_start, s.ref_targets) = compress_rows(s.paths.len(), &edges);
         drop(edges);
 
+        if !derivation_outputs {
+            return Ok(s);
+        }
         let mut stmt = conn
             .prepare("SELECT drv, path FROM DerivationOutputs")
             .map_err(sql)?;

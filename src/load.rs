@@ -90,7 +90,12 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
         },
         || {
             let _s = tracing::info_span!("database").entered();
-            db::read_snapshot(&settings.state_dir, &settings.store_dir, opts.busy_timeout)
+            db::read_snapshot_with(
+                &settings.state_dir,
+                &settings.store_dir,
+                opts.busy_timeout,
+                settings.gc.keep_outputs,
+            )
         },
     );
     let snap = snap?;

@@ -2,6 +2,7 @@
 //! from the snapshot, the roots and the decision; serialised as versioned
 //! JSON for `storegc apply` and for reports.
 
+use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
@@ -114,7 +115,8 @@ pub struct PlanMeta {
 
 impl Plan {
     /// Assembles a plan from the policy's decision. Pure; O(d log d) for d
-    /// deletions (sorting).
+    /// deletions (a parallel sort of ids by basename), then one string
+    /// per deletion.
     pub fn build(
         meta: &PlanMeta,
         snap: &Snapshot,
@@ -122,18 +124,27 @@ impl Plan {
         expired: Vec<ExpiredRoot>,
         decision: &Decision,
     ) -> Plan {
-        let mut deletions: Vec<Deletion> = decision
-            .delete
-            .iter()
-            .zip(&decision.reasons)
-            .map(|(&id, reason)| Deletion {
-                path: meta.store_dir.join(snap.paths.get(id)),
-                nar_size: snap.nar_size[id as usize],
-                registration_time: snap.registration_time[id as usize],
-                reason: reason.as_str().to_string(),
+        // Sort by basename (the same order as by full path, all sharing the
+        // store dir) on ids, before any string is built: comparisons see
+        // the hash parts, which differ in their first bytes.
+        let mut order: Vec<usize> = (0..decision.delete.len()).collect();
+        order.par_sort_unstable_by(|&a, &b| {
+            snap.paths
+                .get(decision.delete[a])
+                .cmp(snap.paths.get(decision.delete[b]))
+        });
+        let deletions: Vec<Deletion> = order
+            .into_iter()
+            .map(|k| {
+                let id = decision.delete[k];
+                Deletion {
+                    path: meta.store_dir.join(snap.paths.get(id)),
+                    nar_size: snap.nar_size[id as usize],
+                    registration_time: snap.registration_time[id as usize],
+                    reason: decision.reasons[k].as_str().to_string(),
+                }
             })
             .collect();
-        deletions.sort_unstable();
         let mut totals = Totals::default();
         for d in &deletions {
             totals += d;

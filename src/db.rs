@@ -250,92 +250,266 @@ pub fn read_snapshot_with(
     busy_timeout: Duration,
     derivation_outputs: bool,
 ) -> Result<Snapshot, DbError> {
-    let conn = open(state_dir, busy_timeout)?;
-    let path = db_path(state_dir);
-    read_snapshot_from(&conn, &path, store_dir, derivation_outputs)
+    read_snapshot_parallel(state_dir, store_dir, busy_timeout, derivation_outputs)
 }
 
-/// [`read_snapshot_with`] on an open connection; `db` names it in errors.
+/// [`read_snapshot_with`] on an open connection, on one thread; `db` names
+/// it in errors. This is the reference the parallel reader is tested
+/// against.
 pub fn read_snapshot_from(
     conn: &Connection,
     db: &Path,
     store_dir: &StoreDir,
     derivation_outputs: bool,
 ) -> Result<Snapshot, DbError> {
-    let sql = |source| DbError::Sqlite {
-        path: db.to_path_buf(),
-        source,
+    let r = Reader { db, store_dir };
+    r.begin(conn)?;
+    let result = (|| {
+        let mut part = r.paths(conn)?;
+        let refs = r.refs(conn)?;
+        if derivation_outputs {
+            r.derivation_outputs(conn, &mut part)?;
+        }
+        Ok(part.finish(&refs))
+    })();
+    r.end(conn, result)
+}
+
+/// Reads the snapshot with two connections side by side: `ValidPaths`
+/// (and `DerivationOutputs`) on one, `Refs` on the other, then assembles
+/// them.
+///
+/// Both read transactions must see the same database state, or the graph
+/// could be torn and a live path deleted. Proof: a third connection reads
+/// `PRAGMA data_version` before the two transactions start and again after
+/// both have started (each has read a page, so its snapshot is fixed). The
+/// value changes whenever another connection commits, so when the two
+/// readings are equal no commit happened in between, and both snapshots
+/// are the state at the first reading. Otherwise both transactions are
+/// ended and the protocol is tried again; after a few tries the reader
+/// falls back to one connection ([`read_snapshot_from`]).
+///
+/// Cost: the work of [`read_snapshot_from`], spread over two threads (the
+/// `Refs` scan is as long as the `ValidPaths` scan on real stores).
+pub fn read_snapshot_parallel(
+    state_dir: &Path,
+    store_dir: &StoreDir,
+    busy_timeout: Duration,
+    derivation_outputs: bool,
+) -> Result<Snapshot, DbError> {
+    read_parallel(
+        state_dir,
+        store_dir,
+        busy_timeout,
+        derivation_outputs,
+        &|| {},
+    )
+}
+
+/// [`read_snapshot_parallel`] with a hook run between the two
+/// transactions' starts, where a concurrent commit would tear the
+/// snapshot (tests commit there).
+fn read_parallel(
+    state_dir: &Path,
+    store_dir: &StoreDir,
+    busy_timeout: Duration,
+    derivation_outputs: bool,
+    between: &dyn Fn(),
+) -> Result<Snapshot, DbError> {
+    let path = db_path(state_dir);
+    let r = Reader {
+        db: &path,
+        store_dir,
     };
-    let foreign = |p: &str| DbError::ForeignPath {
-        db: db.to_path_buf(),
-        path: p.to_string(),
-        store_dir: store_dir.to_string(),
-    };
-    // An integer column (or NULL), without rusqlite's generic conversion.
-    let int = |row: &rusqlite::Row<'_>, i: usize| -> Result<Option<i64>, DbError> {
+    let (a, b, check) = (
+        open(state_dir, busy_timeout)?,
+        open(state_dir, busy_timeout)?,
+        open(state_dir, busy_timeout)?,
+    );
+    for attempt in 0..4 {
+        let before = r.data_version(&check)?;
+        r.begin(&a)?;
+        between();
+        if let Err(e) = r.begin(&b) {
+            return r.end(&a, Err(e));
+        }
+        if r.data_version(&check)? != before {
+            tracing::debug!(
+                attempt,
+                "a commit came between the two read transactions; retrying"
+            );
+            r.end(&a, Ok(()))?;
+            r.end(&b, Ok(()))?;
+            continue;
+        }
+        // Connections are Send, not Sync: each moves to its thread and back.
+        let r = &r;
+        let ((a2, part), (b2, refs)) = rayon::join(
+            move || {
+                let part = r.paths(&a).and_then(|mut part| {
+                    if derivation_outputs {
+                        r.derivation_outputs(&a, &mut part)?;
+                    }
+                    Ok(part)
+                });
+                (a, part)
+            },
+            move || {
+                let refs = r.refs(&b);
+                (b, refs)
+            },
+        );
+        let part = r.end(&a2, part)?;
+        let refs = r.end(&b2, refs)?;
+        return Ok(part.finish(&refs));
+    }
+    read_snapshot_from(&a, &path, store_dir, derivation_outputs)
+}
+
+/// The `ValidPaths` half of a snapshot, before references are attached.
+struct PathsPart {
+    snap: Snapshot,
+    /// Database id to dense id.
+    db_to_dense: Vec<PathId>,
+}
+
+impl PathsPart {
+    fn dense(&self, id: i64) -> PathId {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.db_to_dense.get(i).copied())
+            .unwrap_or(NO_PATH)
+    }
+
+    /// Attaches the references (database ids) as compressed rows. O(n + e).
+    fn finish(mut self, refs: &[(u32, u32)]) -> Snapshot {
+        let edges: Vec<(PathId, PathId)> = refs
+            .iter()
+            .map(|&(a, b)| (self.dense(a as i64), self.dense(b as i64)))
+            // A dangling reference cannot happen under the schema's
+            // foreign keys; if it does, the edge cannot keep anything alive.
+            .filter(|&(a, b)| a != NO_PATH && b != NO_PATH)
+            .collect();
+        (self.snap.ref_start, self.snap.ref_targets) = compress_rows(self.snap.paths.len(), &edges);
+        debug_assert!(self.snap.paths.iter().all(|b| parse_basename(b).is_ok()));
+        self.snap
+    }
+}
+
+/// The queries, with the database named in their errors.
+struct Reader<'a> {
+    db: &'a Path,
+    store_dir: &'a StoreDir,
+}
+
+impl Reader<'_> {
+    fn sql(&self, source: rusqlite::Error) -> DbError {
+        DbError::Sqlite {
+            path: self.db.to_path_buf(),
+            source,
+        }
+    }
+
+    fn foreign(&self, p: &str) -> DbError {
+        DbError::ForeignPath {
+            db: self.db.to_path_buf(),
+            path: p.to_string(),
+            store_dir: self.store_dir.to_string(),
+        }
+    }
+
+    /// An integer column (or NULL), without rusqlite's generic conversion.
+    fn int(&self, row: &rusqlite::Row<'_>, i: usize) -> Result<Option<i64>, DbError> {
         row.get_ref_unwrap(i)
             .as_i64_or_null()
-            .map_err(|e| sql(e.into()))
-    };
-    conn.execute_batch("BEGIN DEFERRED").map_err(sql)?;
-    let result = (|| {
+            .map_err(|e| self.sql(e.into()))
+    }
+
+    /// Starts a read transaction and fixes its snapshot (a deferred
+    /// transaction takes its snapshot at its first read).
+    fn begin(&self, conn: &Connection) -> Result<(), DbError> {
+        conn.execute_batch("BEGIN DEFERRED")
+            .map_err(|e| self.sql(e))?;
+        conn.query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM ValidPaths LIMIT 1)",
+            [],
+            |_| Ok(()),
+        )
+        .map_err(|e| self.sql(e))
+    }
+
+    /// Ends a read transaction. Ending one cannot lose anything; its
+    /// failure is only worth reporting when the read itself went well.
+    fn end<T>(&self, conn: &Connection, result: Result<T, DbError>) -> Result<T, DbError> {
+        let end = conn.execute_batch("COMMIT").map_err(|e| self.sql(e));
+        let v = result?;
+        end?;
+        Ok(v)
+    }
+
+    fn data_version(&self, conn: &Connection) -> Result<i64, DbError> {
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Every `ValidPaths` row, in database id order. One scan; the name
+    /// arena, flat vectors, and derivers resolved through the hash index.
+    fn paths(&self, conn: &Connection) -> Result<PathsPart, DbError> {
         let max_id: i64 = conn
             .query_row("SELECT coalesce(max(id), 0) FROM ValidPaths", [], |r| {
                 r.get(0)
             })
-            .map_err(sql)?;
-        let count: i64 = conn
-            .query_row("SELECT count(*) FROM ValidPaths", [], |r| r.get(0))
-            .map_err(sql)?;
+            .map_err(|e| self.sql(e))?;
+        let cap = max_id.max(0) as usize;
         let mut s = Snapshot::default();
-        let n = count as usize;
-        s.nar_size.reserve(n);
-        s.registration_time.reserve(n);
-        s.origin.reserve(n);
-        let mut db_to_dense = vec![NO_PATH; max_id as usize + 1];
+        s.nar_size.reserve(cap);
+        s.registration_time.reserve(cap);
+        s.origin.reserve(cap);
+        let mut db_to_dense = vec![NO_PATH; cap + 1];
         // Deriver basenames, resolved once every path has an id.
         let mut deriver_names = PathTable::default();
-        let mut deriver_of: Vec<u32> = Vec::with_capacity(n);
-
+        let mut deriver_of: Vec<u32> = Vec::with_capacity(cap);
         let mut stmt = conn
             .prepare(
                 "SELECT id, path, registrationTime, deriver, narSize, ultimate, \
                  (sigs IS NOT NULL AND sigs != '') FROM ValidPaths",
             )
-            .map_err(sql)?;
-        let mut rows = stmt.query([]).map_err(sql)?;
-        while let Some(row) = rows.next().map_err(sql)? {
-            let id = int(row, 0)?.unwrap_or(-1);
-            let full = row.get_ref_unwrap(1).as_str().map_err(|e| sql(e.into()))?;
-            let base = store_dir.store_path_of(full).map_err(|_| foreign(full))?;
-            if base.len() + store_dir.as_str().len() + 1 != full.len() {
-                return Err(foreign(full));
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let id = self.int(row, 0)?.unwrap_or(-1);
+            let full = row
+                .get_ref_unwrap(1)
+                .as_str()
+                .map_err(|e| self.sql(e.into()))?;
+            let base = self
+                .store_dir
+                .store_path_of(full)
+                .map_err(|_| self.foreign(full))?;
+            if base.len() + self.store_dir.as_str().len() + 1 != full.len() || id < 0 || id > max_id
+            {
+                return Err(self.foreign(full));
             }
-            let dense = s.paths.push(base);
-            if id < 0 || id > max_id {
-                return Err(foreign(full));
-            }
-            db_to_dense[id as usize] = dense;
-            s.registration_time.push(int(row, 2)?.unwrap_or(0));
-            let deriver = row.get_ref_unwrap(3);
-            let d = match deriver.as_str_or_null().map_err(|e| sql(e.into()))? {
-                Some(d) => match store_dir.store_path_of(d) {
-                    Ok(b) => deriver_names.push(b),
-                    Err(_) => NO_PATH,
-                },
-                None => NO_PATH,
-            };
-            deriver_of.push(d);
-            s.nar_size.push(int(row, 4)?.unwrap_or(0).max(0) as u64);
-            let ultimate = int(row, 5)?.unwrap_or(0) == 1;
-            let signed = int(row, 6)?.unwrap_or(0) != 0;
+            db_to_dense[id as usize] = s.paths.push(base);
+            s.registration_time.push(self.int(row, 2)?.unwrap_or(0));
+            let deriver = row
+                .get_ref_unwrap(3)
+                .as_str_or_null()
+                .map_err(|e| self.sql(e.into()))?;
+            deriver_of.push(match deriver.map(|d| self.store_dir.store_path_of(d)) {
+                Some(Ok(b)) => deriver_names.push(b),
+                _ => NO_PATH,
+            });
+            s.nar_size
+                .push(self.int(row, 4)?.unwrap_or(0).max(0) as u64);
+            let ultimate = self.int(row, 5)?.unwrap_or(0) == 1;
+            let signed = self.int(row, 6)?.unwrap_or(0) != 0;
             s.origin.push(
                 if ultimate { origin::ULTIMATE } else { 0 }
                     | if signed { origin::SIGNED } else { 0 },
             );
         }
         drop(rows);
-        drop(stmt);
         s.paths.build_index();
         s.deriver = deriver_of
             .iter()
@@ -347,71 +521,204 @@ pub fn read_snapshot_from(
                 }
             })
             .collect();
-        drop(deriver_names);
+        Ok(PathsPart {
+            snap: s,
+            db_to_dense,
+        })
+    }
 
-        let dense = |id: i64| -> PathId {
-            if id < 0 || id as usize >= db_to_dense.len() {
-                NO_PATH
-            } else {
-                db_to_dense[id as usize]
-            }
-        };
-        let mut edges: Vec<(PathId, PathId)> = Vec::new();
+    /// Every `Refs` row as database ids. One scan, 8 bytes a reference.
+    fn refs(&self, conn: &Connection) -> Result<Vec<(u32, u32)>, DbError> {
+        let mut refs = Vec::new();
         let mut stmt = conn
             .prepare("SELECT referrer, reference FROM Refs")
-            .map_err(sql)?;
-        let mut rows = stmt.query([]).map_err(sql)?;
-        while let Some(row) = rows.next().map_err(sql)? {
-            let (a, b) = (
-                dense(int(row, 0)?.unwrap_or(-1)),
-                dense(int(row, 1)?.unwrap_or(-1)),
-            );
-            // A dangling reference cannot happen under the schema's foreign
-            // keys; if it does, the edge cannot keep anything alive.
-            if a != NO_PATH && b != NO_PATH {
-                edges.push((a, b));
-            }
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        // An id that does not fit (never seen: ids count up from 1) maps
+        // to no path, like a dangling one.
+        let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(u32::MAX);
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            refs.push((id(self.int(row, 0)?), id(self.int(row, 1)?)));
         }
-        drop(rows);
-        drop(stmt);
-        (s.ref_start, s.ref_targets) = compress_rows(s.paths.len(), &edges);
-        drop(edges);
+        Ok(refs)
+    }
 
-        if !derivation_outputs {
-            return Ok(s);
-        }
+    /// `(drv, output)` pairs whose output is valid, sorted.
+    fn derivation_outputs(&self, conn: &Connection, part: &mut PathsPart) -> Result<(), DbError> {
         let mut stmt = conn
             .prepare("SELECT drv, path FROM DerivationOutputs")
-            .map_err(sql)?;
-        let mut rows = stmt.query([]).map_err(sql)?;
-        while let Some(row) = rows.next().map_err(sql)? {
-            let drv = dense(int(row, 0)?.unwrap_or(-1));
-            let out = row.get_ref_unwrap(1).as_str().map_err(|e| sql(e.into()))?;
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let mut pairs = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let drv = part.dense(self.int(row, 0)?.unwrap_or(-1));
+            let out = row
+                .get_ref_unwrap(1)
+                .as_str()
+                .map_err(|e| self.sql(e.into()))?;
             if drv == NO_PATH {
                 continue;
             }
-            if let Ok(base) = store_dir.store_path_of(out) {
-                if let Some(o) = s.paths.lookup(base) {
-                    s.drv_outputs.push((drv, o));
-                }
+            if let Some(o) = self
+                .store_dir
+                .store_path_of(out)
+                .ok()
+                .and_then(|b| part.snap.paths.lookup(b))
+            {
+                pairs.push((drv, o));
             }
         }
-        s.drv_outputs.sort_unstable();
-        s.drv_outputs.dedup();
-        Ok(s)
-    })();
-    // Ending a read transaction cannot lose anything; a failure here is
-    // only worth reporting when the read itself went well.
-    let end = conn.execute_batch("COMMIT").map_err(sql);
-    let s = result?;
-    end?;
-    debug_assert!(s.paths.iter().all(|b| parse_basename(b).is_ok()));
-    Ok(s)
+        pairs.sort_unstable();
+        pairs.dedup();
+        part.snap.drv_outputs = pairs;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synth::{generate, SynthSpec};
+
+    fn synth_store(paths: usize) -> (tempfile::TempDir, crate::synth::SynthStore, StoreDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SynthSpec {
+            paths,
+            write_files: false,
+            now: 1_800_000_000,
+            ..SynthSpec::default()
+        };
+        let st = generate(&dir.path().join("s"), &spec).unwrap();
+        let sd = StoreDir::new(st.store_dir.display().to_string());
+        (dir, st, sd)
+    }
+
+    fn same(a: &Snapshot, b: &Snapshot) {
+        assert_eq!(
+            a.paths.iter().collect::<Vec<_>>(),
+            b.paths.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(a.nar_size, b.nar_size);
+        assert_eq!(a.registration_time, b.registration_time);
+        assert_eq!(a.deriver, b.deriver);
+        assert_eq!(a.origin, b.origin);
+        assert_eq!(a.ref_start, b.ref_start);
+        assert_eq!(a.ref_targets, b.ref_targets);
+        assert_eq!(a.drv_outputs, b.drv_outputs);
+    }
+
+    #[test]
+    fn parallel_reader_equals_the_one_connection_reader() {
+        let (_d, st, sd) = synth_store(3000);
+        let t = Duration::from_secs(1);
+        for outputs in [false, true] {
+            let conn = open(&st.state_dir, t).unwrap();
+            let one = read_snapshot_from(&conn, &db_path(&st.state_dir), &sd, outputs).unwrap();
+            let two = read_snapshot_parallel(&st.state_dir, &sd, t, outputs).unwrap();
+            same(&one, &two);
+            assert_eq!(one.len(), 3000);
+            assert!(!one.ref_targets.is_empty());
+            assert_eq!(one.drv_outputs.is_empty(), !outputs);
+        }
+    }
+
+    #[test]
+    fn data_version_sees_other_connections_commits() {
+        let (_d, st, sd) = synth_store(200);
+        let r = Reader {
+            db: &db_path(&st.state_dir),
+            store_dir: &sd,
+        };
+        let check = open(&st.state_dir, Duration::from_secs(1)).unwrap();
+        let d0 = r.data_version(&check).unwrap();
+        assert_eq!(r.data_version(&check).unwrap(), d0, "no commit, no change");
+        let w = Connection::open(db_path(&st.state_dir)).unwrap();
+        w.execute(
+            "UPDATE ValidPaths SET narSize = narSize + 1 WHERE id = 1",
+            [],
+        )
+        .unwrap();
+        assert_ne!(
+            r.data_version(&check).unwrap(),
+            d0,
+            "a commit must change it"
+        );
+    }
+
+    /// A commit between the two transactions' starts (forced by the hook)
+    /// must never yield a torn snapshot: the reader retries (or falls back
+    /// to one connection). The commit removes a reference E -> F and a path
+    /// Y together, so in any consistent snapshot Y is valid exactly when
+    /// E -> F exists; `ValidPaths` from before the commit with `Refs` from
+    /// after it would show Y without the reference.
+    #[test]
+    fn commit_between_the_two_transactions_is_detected() {
+        let (_d, st, sd) = synth_store(300);
+        let db = db_path(&st.state_dir);
+        let base = read_snapshot_from(
+            &open(&st.state_dir, Duration::from_secs(1)).unwrap(),
+            &db,
+            &sd,
+            false,
+        )
+        .unwrap();
+        let w = Connection::open(&db).unwrap();
+        let id_of = |base_name: &str| -> i64 {
+            w.query_row(
+                "SELECT id FROM ValidPaths WHERE path = ?1",
+                [sd.join(base_name)],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let mut referenced = vec![false; base.len()];
+        for &t in &base.ref_targets {
+            referenced[t as usize] = true;
+        }
+        let e = (0..base.len() as PathId)
+            .find(|&i| !base.references(i).is_empty())
+            .unwrap();
+        let f = base.references(e)[0];
+        let y = (0..base.len() as PathId)
+            .find(|&i| !referenced[i as usize] && i != e)
+            .unwrap();
+        let (e_name, f_name, y_name) = (
+            base.paths.get(e).to_string(),
+            base.paths.get(f).to_string(),
+            base.paths.get(y).to_string(),
+        );
+        let (e_db, f_db, y_db) = (id_of(&e_name), id_of(&f_name), id_of(&y_name));
+        let fired = std::cell::Cell::new(false);
+        let commit = || {
+            if fired.replace(true) {
+                return;
+            }
+            w.execute_batch("BEGIN").unwrap();
+            w.execute(
+                "DELETE FROM Refs WHERE referrer = ?1 AND reference = ?2",
+                [e_db, f_db],
+            )
+            .unwrap();
+            w.execute("DELETE FROM Refs WHERE referrer = ?1", [y_db])
+                .unwrap();
+            w.execute("DELETE FROM ValidPaths WHERE id = ?1", [y_db])
+                .unwrap();
+            w.execute_batch("COMMIT").unwrap();
+        };
+        let snap =
+            read_parallel(&st.state_dir, &sd, Duration::from_secs(1), false, &commit).unwrap();
+        assert!(fired.get(), "the hook never ran");
+        let y_valid = snap.paths.lookup(&y_name).is_some();
+        let (e2, f2) = (
+            snap.paths.lookup(&e_name).unwrap(),
+            snap.paths.lookup(&f_name).unwrap(),
+        );
+        let edge = snap.references(e2).contains(&f2);
+        assert_eq!(
+            y_valid, edge,
+            "torn snapshot: ValidPaths and Refs from different states"
+        );
+    }
 
     #[test]
     fn compress_rows_sorts_dedups_and_drops_self_edges() {

@@ -9,19 +9,33 @@ use crate::cli::{GlobalArgs, RootsArgs, RootsFormat};
 use crate::dominators::{root_sizes, RootSizes};
 use crate::exit::ExitCode;
 use crate::load::load;
+use crate::progress::Printer;
 use crate::report::{self, human_bytes};
 use crate::roots::Root;
 
 pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
-    let state = load(&settings, &super::load_options(global))?;
+    // A spinner on stderr, drawn only on a terminal: loading, then (with
+    // --sizes) the dominator and closure passes, which take seconds on a
+    // store of a million paths.
+    let spinner = Printer::new(global.quiet, global.verbose).spinner("loading");
+    let state = load(&settings, &super::load_options(global))
+        .inspect_err(|_| spinner.finish_and_clear())?;
     if args.sizes {
-        let sizes = root_sizes(
-            &state.graph,
-            &state.snap.nar_size,
-            &state.roots,
-            &state.root_ids,
-        );
+        spinner.set_message(format!(
+            "sizing {} roots over {} paths (dominators, closures)",
+            state.root_ids.len(),
+            state.snap.len()
+        ));
+        let sizes = tracing::info_span!("sizes").in_scope(|| {
+            root_sizes(
+                &state.graph,
+                &state.snap.nar_size,
+                &state.roots,
+                &state.root_ids,
+            )
+        });
+        spinner.finish_and_clear();
         let text = match args.format {
             RootsFormat::Text => sizes_text(&sizes, &state.roots),
             RootsFormat::Json => sizes_json(&sizes, &state.roots)?,
@@ -29,6 +43,7 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
         super::write_stdout(&text)?;
         return Ok(ExitCode::Success);
     }
+    spinner.finish_and_clear();
     let roots = state.reported_roots();
     let text = match args.format {
         RootsFormat::Text => report::roots_text(&roots),

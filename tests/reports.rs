@@ -174,7 +174,7 @@ keep-newest = 2
 older-than = "14d"
 match = ["*/ci/*/result"]
 [budget]
-max-freed = "1.7GiB"
+max-freed = "1.5GiB"
 order = "oldest-first"
 "#,
         )

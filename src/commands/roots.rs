@@ -98,9 +98,23 @@ fn sizes_json(s: &RootSizes, roots: &[Root]) -> Result<String> {
         size: crate::dominators::Size,
     }
     #[derive(serde::Serialize)]
+    struct Generation<'a> {
+        number: u64,
+        /// The generation's link (an index would point into storegc's
+        /// internal list, not into `roots` here).
+        link: &'a str,
+        size: crate::dominators::Size,
+    }
+    #[derive(serde::Serialize)]
+    struct Profile<'a> {
+        profile: &'a str,
+        size: crate::dominators::Size,
+        generations: Vec<Generation<'a>>,
+    }
+    #[derive(serde::Serialize)]
     struct Out<'a> {
         roots: Vec<Entry<'a>>,
-        profiles: &'a [crate::dominators::ProfileSize],
+        profiles: Vec<Profile<'a>>,
     }
     let out = Out {
         roots: s
@@ -113,7 +127,23 @@ fn sizes_json(s: &RootSizes, roots: &[Root]) -> Result<String> {
                 size: r.size,
             })
             .collect(),
-        profiles: &s.profiles,
+        profiles: s
+            .profiles
+            .iter()
+            .map(|p| Profile {
+                profile: &p.profile,
+                size: p.size,
+                generations: p
+                    .generations
+                    .iter()
+                    .map(|g| Generation {
+                        number: g.number,
+                        link: &roots[g.root].link,
+                        size: g.size,
+                    })
+                    .collect(),
+            })
+            .collect(),
     };
     Ok(serde_json::to_string_pretty(&out)? + "\n")
 }

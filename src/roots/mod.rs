@@ -27,16 +27,20 @@ use crate::paths::{PathId, PathTable};
 use crate::store_path::{hash_of, StoreDir};
 
 /// What kind of root holds a path.
+///
+/// Declared so that, for one link found both directly and through another
+/// link (a profile's generation, reached also via the profile link), the
+/// direct kind sorts first and is the one reports name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootKind {
     /// A link or file under `gcroots/` pointing into the store.
     Gcroot,
+    /// A link or file under `profiles/`.
+    Profile,
     /// A link under `gcroots/` (usually `gcroots/auto`) pointing outside the
     /// store to another link that points into the store.
     Indirect,
-    /// A link or file under `profiles/`.
-    Profile,
     /// Held by a running process or a kernel setting.
     Runtime,
     /// A temporary root of a running Nix process.

@@ -3,7 +3,8 @@
 //! liveness (one thread and rayon), policy evaluation, dominators. The
 //! end-to-end comparison against Nix and sqlite3 is benches/compare.sh.
 //!
-//! `STOREGC_BENCH_PATHS` sets the store size (default 100,000).
+//! `STOREGC_BENCH_PATHS` sets the store size (default 100,000; 2,000 when
+//! `cargo test` runs the benches once as a smoke test).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,10 +22,13 @@ use storegc::synth::{generate, SynthSpec};
 const NOW: i64 = 1_800_000_000;
 
 fn store() -> (tempfile::TempDir, Settings) {
+    // `cargo test --all-targets` runs benches once without `--bench`, as a
+    // smoke test: a small store is enough there.
+    let benching = std::env::args().any(|a| a == "--bench");
     let paths = std::env::var("STOREGC_BENCH_PATHS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(if benching { 100_000 } else { 2_000 });
     let dir = tempfile::tempdir().expect("temp dir");
     let spec = SynthSpec {
         paths,

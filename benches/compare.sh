@@ -60,6 +60,27 @@ for n in "${sizes[@]}"; do
   read -r t_floor m_floor < <(measure "$bin/storegc-floor" "$db")
   read -r t_gc m_gc < <(measure "$bin/storegc" plan --format paths)
   read -r t_gc1 m_gc1 < <(measure "$bin/storegc" --threads 1 plan --format paths)
+  # The same with a policy using every part: closure list, select,
+  # generations, auto roots, budget.
+  readlink -f "$NIX_STATE_DIR/profiles/system" >"$root/closure-list.txt"
+  cat >"$root/policy.toml" <<TOML
+[protect]
+closure-lists = ["$root/closure-list.txt"]
+names = ["*-source"]
+[select]
+origin = "local"
+older-than = "7d"
+[[generations]]
+profile = "profiles/system"
+keep-newest = 2
+[auto-roots]
+older-than = "3d"
+match = ["*/result", "*/result-*"]
+[budget]
+max-freed = "50GiB"
+order = "oldest-first"
+TOML
+  read -r t_pol m_pol < <(measure "$bin/storegc" plan --policy "$root/policy.toml" --format paths)
   t_nix=skipped m_nix=0
   if [ "${SKIP_NIX:-}" != 1 ]; then
     read -r t_nix m_nix < <(measure nix-store --gc --print-dead)
@@ -79,7 +100,9 @@ for n in "${sizes[@]}"; do
   row "nix-store --print-dead" "$t_nix" "$m_nix"
   row "storegc plan" "$t_gc" "$m_gc"
   row "storegc plan --threads 1" "$t_gc1" "$m_gc1"
+  row "storegc plan --policy" "$t_pol" "$m_pol"
   echo "ratio $n: storegc plan is $(ratio "$t_nix" "$t_gc")x faster than Nix;" \
     "$(ratio "$t_gc" "$t_sql")x the sqlite3 scan time; $(ratio "$t_gc" "$t_floor")x the rusqlite floor;" \
-    "$(( m_gc * 1024 / n )) bytes peak RSS a path; $(ratio "$t_gc1" "$t_gc")x speed-up from threads"
+    "$(( m_gc * 1024 / n )) bytes peak RSS a path; $(ratio "$t_gc1" "$t_gc")x speed-up from threads;" \
+    "the policy plan takes $(ratio "$t_pol" "$t_gc")x the plain one"
 done

@@ -1517,3 +1517,60 @@ impl Realised {
         s
     }
 }
+
+// ---------------------------------------------------------------------------
+// Synthetic stores
+
+/// The `storegc-synth` binary (writes large stores Nix accepts).
+pub fn storegc_synth_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_storegc-synth"))
+}
+
+impl NixStore {
+    /// A store written by `storegc-synth --paths PATHS --seed SEED`: no
+    /// Nix builds, so thousands of paths take a second. `padding` puts
+    /// folders of about that many characters between `$T` and `nix/`,
+    /// lengthening every store path: long paths fill a `nix-store`
+    /// command line with fewer paths. Keep `$T` plus padding under ~440
+    /// characters (SQLite opens no path over 512). The store's content
+    /// hashes are made up: `nix-store --verify` is clean on it,
+    /// `--check-contents` is not.
+    pub fn synthetic(paths: usize, seed: u64, padding: usize) -> NixStore {
+        let root = tempfile::Builder::new()
+            .prefix("storegc-nix-")
+            .tempdir()
+            .expect("creating a temp dir")
+            .keep();
+        let mut base = root.clone();
+        let mut left = padding;
+        while left > 0 {
+            let n = left.min(200);
+            base.push("p".repeat(n));
+            left -= n;
+        }
+        let base = base.join("s");
+        run_ok(
+            Command::new(storegc_synth_bin())
+                .arg("--paths")
+                .arg(paths.to_string())
+                .arg("--seed")
+                .arg(seed.to_string())
+                .arg(&base),
+        );
+        let store = NixStore {
+            store_dir: base.join("nix/store"),
+            state_dir: base.join("nix/var/nix"),
+            log_dir: base.join("nix/var/log/nix"),
+            conf_dir: base.join("etc"),
+            root,
+            builder: OnceCell::new(),
+            holder: OnceCell::new(),
+            counter: std::cell::Cell::new(0),
+            extra_env: std::cell::RefCell::new(Vec::new()),
+        };
+        for d in ["home/.config", "xdg", "tmp", "inputs"] {
+            std::fs::create_dir_all(store.root.join(d)).expect("creating harness folders");
+        }
+        store
+    }
+}

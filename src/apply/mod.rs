@@ -133,10 +133,15 @@ pub fn apply(
         dry_run: opts.dry_run,
         ..ApplyReport::default()
     };
+    // Bad input must change nothing: make sure the store can be read
+    // before any root goes (the re-check below reads it again, after).
+    if !plan.expired_roots.is_empty() && !opts.dry_run {
+        load(settings, &opts.load)?;
+    }
     // Roots: remove (or, in a dry run, pretend to remove) the expired ones.
     let mut dropped_links: HashSet<String> = HashSet::new();
     for e in &plan.expired_roots {
-        match may_remove(e) {
+        match may_remove(e, &settings.store_dir) {
             Ok(()) => {
                 if !opts.dry_run {
                     if let Err(err) = std::fs::remove_file(&e.link) {
@@ -273,6 +278,12 @@ pub fn apply(
                         .filter(|&v| deletable[v as usize])
                         .collect();
                 }
+                DeleteOutcome::Failed(_) if stop.load(Ordering::SeqCst) => {
+                    // A signal for the whole group (systemd's stop) cut Nix
+                    // short too: what is left goes on the next run.
+                    report.interrupted = true;
+                    break;
+                }
                 DeleteOutcome::Failed(msg) => {
                     fail_all(&mut report, &remaining, &state, settings, &msg);
                     for &v in &remaining {
@@ -314,7 +325,7 @@ fn fail_all(
 /// Whether an expired root may be removed now: it must still be a link
 /// reading what the plan saw, and a generation must not be its profile's
 /// current one.
-fn may_remove(e: &ExpiredRoot) -> Result<(), String> {
+fn may_remove(e: &ExpiredRoot, store_dir: &crate::store_path::StoreDir) -> Result<(), String> {
     let target = match std::fs::read_link(&e.link) {
         Ok(t) => t,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err("gone already".into()),
@@ -326,6 +337,24 @@ fn may_remove(e: &ExpiredRoot) -> Result<(), String> {
             target.display(),
             e.points_to
         ));
+    }
+    if e.kind == ExpiredKind::AutoRoot {
+        // The entry's text is the outer link's path, which a rebuild
+        // (`nix-build -o result` again) keeps: the outer link must still
+        // hold the store path the plan saw, or the user's new build would
+        // lose its root.
+        let now = std::fs::read_link(&e.points_to)
+            .map_err(|err| format!("cannot read {}: {err}", e.points_to))?;
+        let held = now.to_str().and_then(|t| store_dir.store_path_of(t).ok());
+        let planned = store_dir.store_path_of(&e.target).ok();
+        if held.is_none() || held != planned {
+            return Err(format!(
+                "{} now points to {} (planned: {})",
+                e.points_to,
+                now.display(),
+                e.target
+            ));
+        }
     }
     if e.kind == ExpiredKind::Generation {
         let Some(profile) = &e.profile else {

@@ -2,6 +2,7 @@
 //! Nix's own GC lock and serves its gc-socket, so builds running beside us
 //! stay safe. Never `--ignore-liveness`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,6 +27,9 @@ pub fn delete(
     paths: &[String],
 ) -> std::io::Result<DeleteOutcome> {
     let out = Command::new(nix_store)
+        // Its own process group: Ctrl-C on a terminal reaches only storegc,
+        // which lets this batch finish and stops before the next.
+        .process_group(0)
         .arg("--delete")
         .args(paths)
         .env("NIX_STORE_DIR", settings.store_dir.as_str())

@@ -2,7 +2,7 @@
 //! from the snapshot, the roots and the decision; serialised as versioned
 //! JSON for `storegc apply` and for reports.
 
-use rayon::slice::ParallelSliceMut;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
@@ -125,17 +125,31 @@ impl Plan {
         decision: &Decision,
     ) -> Plan {
         // Sort by basename (the same order as by full path, all sharing the
-        // store dir) on ids, before any string is built: comparisons see
-        // the hash parts, which differ in their first bytes.
-        let mut order: Vec<usize> = (0..decision.delete.len()).collect();
-        order.par_sort_unstable_by(|&a, &b| {
-            snap.paths
-                .get(decision.delete[a])
-                .cmp(snap.paths.get(decision.delete[b]))
+        // store dir) before any string is built. The key packs the first 8
+        // bytes of the basename big-endian, so integer order is byte order
+        // and almost every comparison is one integer compare; equal keys
+        // fall back to the whole basename.
+        let key = |k: usize| {
+            let b = snap.paths.get(decision.delete[k]).as_bytes();
+            let mut w = [0u8; 8];
+            let n = b.len().min(8);
+            w[..n].copy_from_slice(&b[..n]);
+            u64::from_be_bytes(w)
+        };
+        let mut keyed: Vec<(u64, usize)> = (0..decision.delete.len())
+            .into_par_iter()
+            .map(|k| (key(k), k))
+            .collect();
+        keyed.par_sort_unstable_by(|&(ka, a), &(kb, b)| {
+            ka.cmp(&kb).then_with(|| {
+                snap.paths
+                    .get(decision.delete[a])
+                    .cmp(snap.paths.get(decision.delete[b]))
+            })
         });
-        let deletions: Vec<Deletion> = order
-            .into_iter()
-            .map(|k| {
+        let deletions: Vec<Deletion> = keyed
+            .into_par_iter()
+            .map(|(_, k)| {
                 let id = decision.delete[k];
                 Deletion {
                     path: meta.store_dir.join(snap.paths.get(id)),

@@ -101,7 +101,9 @@ TOML
   row "storegc plan" "$t_gc" "$m_gc"
   row "storegc plan --threads 1" "$t_gc1" "$m_gc1"
   row "storegc plan --policy" "$t_pol" "$m_pol"
-  echo "ratio $n: storegc plan is $(ratio "$t_nix" "$t_gc")x faster than Nix;" \
+  vs_nix="Nix not run"
+  [ "$t_nix" = skipped ] || vs_nix="storegc plan is $(ratio "$t_nix" "$t_gc")x faster than Nix"
+  echo "ratio $n: $vs_nix;" \
     "$(ratio "$t_gc" "$t_sql")x the sqlite3 scan time; $(ratio "$t_gc" "$t_floor")x the rusqlite floor;" \
     "$(( m_gc * 1024 / n )) bytes peak RSS a path; $(ratio "$t_gc1" "$t_gc")x speed-up from threads;" \
     "the policy plan takes $(ratio "$t_pol" "$t_gc")x the plain one"

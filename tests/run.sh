@@ -32,5 +32,9 @@ done
 
 # The integration tests fail, instead of skipping, when Nix is missing.
 export STOREGC_REQUIRE_NIX=1
-cargo test --all-targets "$@"
-cargo test --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+# One closing line for the whole run: the sums over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

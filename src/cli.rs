@@ -125,8 +125,8 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "PATH")]
     pub nix_store: Option<PathBuf>,
     /// Report format on stdout
-    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
-    pub format: RootsFormat,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,8 +141,9 @@ pub enum PlanFormat {
     Markdown,
 }
 
+/// Output of `roots`, `explain` and `apply`: for people or for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RootsFormat {
+pub enum TextOrJson {
     Text,
     Json,
 }
@@ -165,8 +166,8 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct RootsArgs {
-    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
-    pub format: RootsFormat,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
     /// Also compute each root's closure size and exclusive size (what
     /// removing that root alone would free), sorted by exclusive size
     #[arg(long)]
@@ -180,8 +181,8 @@ pub struct ExplainArgs {
     pub path: String,
     #[command(flatten)]
     pub policy: PolicyArgs,
-    #[arg(long, value_enum, default_value_t = RootsFormat::Text)]
-    pub format: RootsFormat,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
-use crate::cli::{ApplyArgs, GlobalArgs, RootsFormat};
+use crate::cli::{ApplyArgs, GlobalArgs, TextOrJson};
 use crate::exit::ExitCode;
 use crate::progress::Printer;
 use crate::report::human_bytes;
@@ -42,8 +42,8 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
     let report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
     bar.0.finish_and_clear();
     let text = match args.format {
-        RootsFormat::Text => text(&report),
-        RootsFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        TextOrJson::Text => text(&report),
+        TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     super::write_stdout(&text)?;
     Ok(if report.failed.is_empty() && !report.interrupted {

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use anyhow::{anyhow, Result};
 
-use crate::cli::{ExplainArgs, GlobalArgs, RootsFormat};
+use crate::cli::{ExplainArgs, GlobalArgs, TextOrJson};
 use crate::exit::ExitCode;
 use crate::explain::{explain, Explanation, PolicyView};
 
@@ -44,8 +44,8 @@ pub fn run(global: &GlobalArgs, args: &ExplainArgs) -> Result<ExitCode> {
         target,
     );
     let text = match args.format {
-        RootsFormat::Text => text(&e),
-        RootsFormat::Json => serde_json::to_string_pretty(&e)? + "\n",
+        TextOrJson::Text => text(&e),
+        TextOrJson::Json => serde_json::to_string_pretty(&e)? + "\n",
     };
     super::write_stdout(&text)?;
     Ok(ExitCode::Success)

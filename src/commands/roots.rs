@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use anyhow::Result;
 
-use crate::cli::{GlobalArgs, RootsArgs, RootsFormat};
+use crate::cli::{GlobalArgs, RootsArgs, TextOrJson};
 use crate::dominators::{root_sizes, RootSizes};
 use crate::exit::ExitCode;
 use crate::load::load;
@@ -37,8 +37,8 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
         });
         spinner.finish_and_clear();
         let text = match args.format {
-            RootsFormat::Text => sizes_text(&sizes, &state.roots),
-            RootsFormat::Json => sizes_json(&sizes, &state.roots)?,
+            TextOrJson::Text => sizes_text(&sizes, &state.roots),
+            TextOrJson::Json => sizes_json(&sizes, &state.roots)?,
         };
         super::write_stdout(&text)?;
         return Ok(ExitCode::Success);
@@ -46,8 +46,8 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
     spinner.finish_and_clear();
     let roots = state.reported_roots();
     let text = match args.format {
-        RootsFormat::Text => report::roots_text(&roots),
-        RootsFormat::Json => report::roots_json(&roots),
+        TextOrJson::Text => report::roots_text(&roots),
+        TextOrJson::Json => report::roots_json(&roots),
     };
     super::write_stdout(&text)?;
     Ok(ExitCode::Success)

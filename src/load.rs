@@ -1,6 +1,8 @@
 //! The input end of the pipeline: roots and the database snapshot, read
 //! side by side, then the liveness graph. The only file-system reading that
-//! `plan` does happens here (and in the policy's inputs).
+//! `plan` does happens here (and in the policy's inputs), including the
+//! free space on the store's filesystem that `until-free` and `apply`'s
+//! report need.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -115,4 +117,18 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
         root_ids,
         graph,
     })
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`
+/// (statvfs `f_bavail * f_frsize`); 0 if it cannot be read.
+pub fn available_bytes(dir: &str) -> u64 {
+    let Ok(c) = std::ffi::CString::new(dir) else {
+        return 0;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
 }

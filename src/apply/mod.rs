@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::graph::live_set_sequential;
-use crate::load::{load, LoadError, LoadOptions};
+use crate::load::{available_bytes, load, LoadError, LoadOptions};
 use crate::paths::{PathId, NO_PATH};
 use crate::plan::{ExpiredKind, ExpiredRoot};
 use crate::settings::Settings;
@@ -396,18 +396,4 @@ fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
         });
     }
     Ok(file)
-}
-
-/// Bytes available to unprivileged users on the filesystem holding `dir`
-/// (statvfs `f_bavail * f_frsize`); 0 if it cannot be read.
-pub fn available_bytes(dir: &str) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir) else {
-        return 0;
-    };
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string and st a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
-    }
-    st.f_bavail as u64 * st.f_frsize as u64
 }

@@ -102,10 +102,6 @@ pub enum RootsError {
     /// `ENOTDIR`; for `/proc` also `ESRCH`), which Nix aborts on as well.
     #[error("{0}: cannot scan for GC roots ({1})")]
     Scan(PathBuf, std::io::Error),
-    /// A file in `temproots/` whose name is not a process id. Nix 2.8
-    /// aborts on it too (`std::stoi` throws).
-    #[error("{0}: temporary roots file is not named by a process id")]
-    TempRootsName(PathBuf),
 }
 
 impl RootsError {

@@ -1,6 +1,14 @@
-//! Temporary roots of running Nix processes: `$NIX_STATE_DIR/temproots/PID`
-//! files, read the way Nix 2.8's `findTempRoots` reads them, so a path a
-//! build has just added or is about to use is never planned for deletion.
+//! Temporary roots of running Nix processes: the files in
+//! `$NIX_STATE_DIR/temproots`, read so that a path a build has just added or
+//! is about to use is never planned for deletion, whichever Nix wrote them.
+//!
+//! File names differ between versions: `PID` (Nix 2.8 to 2.34, 2.35.1+,
+//! Lix), `temproots-PID-N` (Nix 2.35.0 only), `PID.tmp-…` (Lix, while a file
+//! is being created). Names starting with `.` are skipped, as in every Nix.
+//! The name only labels the root (`{temp:PID}`); it never decides anything
+//! and never aborts the scan (Nix 2.8 aborts on a name `stoi` cannot read,
+//! which keeps everything; reading the file by its lock keeps exactly what
+//! its owner holds). Only the lock says whether a file's roots count.
 //!
 //! A Nix process creates its file and holds an exclusive `flock(2)` on it
 //! for its whole life (Nix 2.8 `lockFile` in `pathlocks.cc` is `flock`, not
@@ -24,15 +32,15 @@ use crate::store_path::StoreDir;
 /// [`RootKind::Temp`], link `{temp:PID}`. Each NUL-terminated entry of a
 /// held file that lies in the store yields the store path it lies in;
 /// other entries and an unterminated tail (a write in progress) are
-/// skipped. Hidden files are skipped, as in Nix. A missing `temproots`
-/// directory yields no roots. Read-only.
+/// skipped. Hidden files are skipped, as in Nix; any other name is read
+/// (see [`label`]). A missing `temproots` directory yields no roots.
+/// Read-only.
 ///
 /// Cost: per file one `open`, one `flock` attempt, and a read of the file
 /// when it is held; O(total bytes read + n log n) for n roots.
 ///
 /// # Errors
-/// [`RootsError::TempRootsName`] for a file not named by a process id (Nix
-/// 2.8 aborts there too); [`RootsError::Unreadable`] when a file or the
+/// [`RootsError::Unreadable`] when a file or the
 /// directory cannot be opened for lack of permission (Nix creates the
 /// files mode 0600, so this happens when not run as their owner);
 /// [`RootsError::Scan`] for other I/O errors. A file vanishing between
@@ -52,12 +60,10 @@ pub fn find(store_dir: &StoreDir, dir: &Path) -> Result<Vec<Root>, RootsError> {
             continue;
         }
         let path = entry.path();
-        let pid =
-            parse_pid(name.as_bytes()).ok_or_else(|| RootsError::TempRootsName(path.clone()))?;
         let Some(contents) = read_if_held(&path)? else {
             continue;
         };
-        let link = format!("{{temp:{pid}}}");
+        let link = label(name.as_bytes());
         // Only NUL-terminated entries count: the last split piece is
         // whatever follows the final NUL.
         let mut pieces: Vec<&[u8]> = contents.split(|&c| c == 0).collect();
@@ -130,6 +136,19 @@ fn unlock(file: &File) -> io::Result<()> {
         if err.raw_os_error() != Some(libc::EINTR) {
             return Err(err);
         }
+    }
+}
+
+/// The link a temp root is listed under: `{temp:PID}` for the names every
+/// Nix writes (`PID`, `PID.tmp-…`, `temproots-PID-N`), `{temp:NAME}` for
+/// any other name. O(len(name)).
+fn label(name: &[u8]) -> String {
+    let pid = name
+        .strip_prefix(b"temproots-")
+        .map_or_else(|| parse_pid(name), parse_pid);
+    match pid {
+        Some(pid) => format!("{{temp:{pid}}}"),
+        None => format!("{{temp:{}}}", String::from_utf8_lossy(name)),
     }
 }
 
@@ -243,15 +262,56 @@ mod tests {
         assert_eq!(find(&store, tmp.path()).unwrap(), vec![]);
     }
 
+    /// Regression: a name Nix 2.8's `stoi` cannot read aborted the scan
+    /// (Nix 2.35.0 writes `temproots-PID-N`, Lix `PID.tmp-…`). Every name
+    /// but a hidden one is read, and only its lock decides.
     #[test]
-    fn file_not_named_by_a_pid_is_an_error() {
+    fn every_naming_is_read_and_only_the_lock_decides() {
         let (_tmp, store, state) = setup();
-        let path = state.join("temproots/junk");
-        fs::write(&path, "").unwrap();
-        match find(&store, &state) {
-            Err(RootsError::TempRootsName(p)) => assert_eq!(p, path),
-            other => panic!("expected TempRootsName, got {other:?}"),
+        let tr = state.join("temproots");
+        let files = [
+            ("31", H1, true),
+            ("temproots-32-0", H2, true),
+            ("33.tmp-abc", H3, true),
+            ("junk", "33333333333333333333333333333333", true),
+            ("temproots-34-1", "44444444444444444444444444444444", false),
+            ("35.tmp-x", "55555555555555555555555555555555", false),
+            ("other", "66666666666666666666666666666666", false),
+            (".36", "77777777777777777777777777777777", true),
+        ];
+        let mut held = Vec::new();
+        for (name, hash, locked) in files {
+            fs::write(tr.join(name), format!("{store}/{hash}-p\0")).unwrap();
+            if locked {
+                held.push(hold_lock(&tr.join(name)));
+            }
         }
+        let got: Vec<(String, String)> = find(&store, &state)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.link, r.target))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("{temp:31}", H1),
+            ("{temp:32}", H2),
+            ("{temp:33}", H3),
+            ("{temp:junk}", "33333333333333333333333333333333"),
+        ]
+        .into_iter()
+        .map(|(l, h)| (l.to_string(), format!("{store}/{h}-p")))
+        .collect();
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn labels_name_the_pid_where_there_is_one() {
+        assert_eq!(label(b"4242"), "{temp:4242}");
+        assert_eq!(label(b"temproots-7-3"), "{temp:7}");
+        assert_eq!(label(b"8.tmp-Xy1"), "{temp:8}");
+        assert_eq!(label(b"weird"), "{temp:weird}");
+        assert_eq!(label(b"temproots-"), "{temp:temproots-}");
     }
 
     #[test]

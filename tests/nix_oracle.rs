@@ -946,3 +946,68 @@ fn settings_spelled_every_way_nix_reads_them() {
         "storegc reads nix.conf differently from Nix:\n{problems}"
     );
 }
+
+/// Holds an exclusive `flock` on `path` for as long as the file lives, as
+/// the Nix process owning a temp-roots file does.
+fn lock_file(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("opening a temproots file");
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "locking {}", path.display());
+    file
+}
+
+/// Temp-root files named as every Nix names them (`PID`, Nix 2.35.0's
+/// `temproots-PID-N`, Lix's `PID.tmp-…`, a name no Nix writes), each locked
+/// or stale: storegc keeps exactly the paths of the locked ones. Nix 2.8
+/// aborts on names `stoi` cannot read, so the oracle sees the same files
+/// renamed to plain pids (a rename keeps the lock, which is on the inode).
+#[test]
+fn temp_root_files_of_every_naming_locked_and_stale() {
+    if !common::nix_available("temp_root_files_of_every_naming_locked_and_stale") {
+        return;
+    }
+    let store = NixStore::new();
+    let dir = store.temproots_dir();
+    std::fs::create_dir_all(&dir).expect("creating temproots");
+    let names = [
+        "6000001",
+        "temproots-6000002-0",
+        "6000003.tmp-Ab12",
+        "not-a-pid",
+        "temproots-6000005-7",
+        "6000006.tmp-x",
+        "stale-other",
+        "6000008",
+    ];
+    let mut locks = Vec::new();
+    let mut held = BTreeSet::new();
+    let mut files = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = store.add_text(&format!("t{i}"), &format!("temp root {i}\n"));
+        let file = dir.join(name);
+        std::fs::write(&file, format!("{path}\0")).expect("writing a temproots file");
+        // Every other file is held; the rest are stale.
+        if i % 2 == 0 || i == 3 {
+            locks.push(lock_file(&file));
+            held.insert(path.clone());
+        }
+        files.push(file);
+    }
+    std::fs::write(dir.join(".hidden"), "").expect("writing a hidden file");
+
+    let dead = store.storegc_plan_paths();
+    for p in &held {
+        assert!(!dead.contains(p), "{p} is in a locked temp-roots file, planned anyway");
+    }
+    assert_eq!(dead.len(), names.len() - held.len(), "planned: {dead:?}");
+
+    // The oracle, on plain names.
+    std::fs::remove_file(dir.join(".hidden")).expect("removing the hidden file");
+    for (i, file) in files.iter().enumerate() {
+        std::fs::rename(file, dir.join(format!("{}", 6_100_000 + i)))
+            .expect("renaming a temproots file");
+    }
+    assert_eq!(dead, store.print_dead_valid());
+}

@@ -999,7 +999,10 @@ fn temp_root_files_of_every_naming_locked_and_stale() {
 
     let dead = store.storegc_plan_paths();
     for p in &held {
-        assert!(!dead.contains(p), "{p} is in a locked temp-roots file, planned anyway");
+        assert!(
+            !dead.contains(p),
+            "{p} is in a locked temp-roots file, planned anyway"
+        );
     }
     assert_eq!(dead.len(), names.len() - held.len(), "planned: {dead:?}");
 

@@ -1852,3 +1852,65 @@ fn until_free_already_met_expires_no_root() {
         plan.expired
     );
 }
+
+/// Regression: a profile under `~/.local/state/nix/profiles` (where
+/// `nix-env`/`nix profile` put them since Nix 2.14) is rooted only through
+/// `gcroots/auto`, and `[auto-roots]` expired its generations, the current
+/// one included. They are generations: the auto rule keeps every one of
+/// them, and `[[generations]]` naming the profile expires the old ones.
+#[test]
+fn modern_profile_generations_are_not_auto_roots() {
+    if !common::nix_available("modern_profile_generations_are_not_auto_roots") {
+        return;
+    }
+    let store = NixStore::new();
+    let profile = store.root().join("home/.local/state/nix/profiles/profile");
+    std::fs::create_dir_all(profile.parent().expect("parent")).expect("profiles folder");
+    let gens: Vec<String> = (0..3)
+        .map(|i| {
+            let p = store.add_text(&format!("g{i}"), &format!("generation {i}\n"));
+            store.set_profile(&profile, &p);
+            p
+        })
+        .collect();
+    let result = store.root().join("ci/result");
+    let ci = store.add_text("ci", "ci\n");
+    store.add_root_via_nix(&ci, &result);
+    let policy = store.root().join("policy.toml");
+    let auto = "[auto-roots]\nolder-than = \"0s\"\nmatch = [\"*\"]\n";
+    std::fs::write(&policy, auto).expect("writing the policy");
+    let plan = plan_with(&store, &policy, &[]);
+    // (kind, target) of each expired root.
+    let expired_of = |plan: &PlanView| -> BTreeSet<(String, String)> {
+        plan.expired
+            .iter()
+            .map(|e| (e.1.clone(), e.2.clone()))
+            .collect()
+    };
+    let auto_ci = ("auto-root".to_string(), ci.clone());
+    assert_eq!(
+        expired_of(&plan),
+        BTreeSet::from([auto_ci.clone()]),
+        "{}",
+        plan.json
+    );
+    assert_eq!(plan.paths(), BTreeSet::from([ci.clone()]));
+
+    let text = format!(
+        "[[generations]]\nprofile = \"{}\"\nkeep-newest = 2\n{auto}",
+        profile.display()
+    );
+    std::fs::write(&policy, text).expect("writing the policy");
+    let plan = plan_with(&store, &policy, &[]);
+    assert_eq!(
+        expired_of(&plan),
+        BTreeSet::from([("generation".to_string(), gens[0].clone()), auto_ci]),
+        "{}",
+        plan.json
+    );
+    assert_eq!(plan.paths(), BTreeSet::from([gens[0].clone(), ci]));
+    // Nothing Nix keeps once the expired links are gone is planned.
+    std::fs::remove_file(&result).expect("removing result");
+    std::fs::remove_file(profile.with_file_name("profile-1-link")).expect("removing gen 1");
+    assert!(plan.paths().is_subset(&store.print_dead_valid()));
+}

@@ -170,7 +170,12 @@ pub fn gather(
                 && r.via
                     .as_deref()
                     .is_some_and(|v| normalize(Path::new(v)).starts_with(&auto_dir));
-            if !is_auto || policy.auto_roots.is_none() {
+            // A generation of a profile (since Nix 2.14 profiles live in
+            // `~/.local/state/nix/profiles` and are rooted only through
+            // `gcroots/auto`) is never an auto root: only `[[generations]]`
+            // expires it, and never its current one.
+            if !is_auto || policy.auto_roots.is_none() || is_profile_generation(Path::new(&r.link))
+            {
                 return RootFact::Plain;
             }
             match std::fs::symlink_metadata(&r.link) {
@@ -291,6 +296,32 @@ fn read_profile(
     found.sort_unstable();
     facts.generations = found.iter().map(|g| g.0).collect();
     (facts, found)
+}
+
+/// Whether `link` is `<dir>/<name>-<N>-link` and `<dir>/<name>` is a
+/// profile: a symlink to one of its own generation links (any of them, so
+/// `link` may be the current generation or an older one). Cost: one
+/// `readlink`.
+fn is_profile_generation(link: &Path) -> bool {
+    let (Some(dir), Some(file)) = (link.parent(), link.file_name().and_then(|f| f.to_str())) else {
+        return false;
+    };
+    let Some((name, _)) = file
+        .strip_suffix("-link")
+        .and_then(|rest| rest.rsplit_once('-'))
+    else {
+        return false;
+    };
+    if name.is_empty() || generation_number(name, file).is_none() {
+        return false;
+    }
+    std::fs::read_link(dir.join(name)).is_ok_and(|target| {
+        target
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| generation_number(name, f))
+            .is_some()
+    })
 }
 
 /// `N` when `file` is `<profile>-<N>-link`, as Nix names generations.
@@ -527,6 +558,75 @@ mod tests {
         );
         // The absent profile and the vanished auto link are warnings.
         assert_eq!(inputs.warnings.len(), 2, "{:?}", inputs.warnings);
+    }
+
+    /// Regression: since Nix 2.14 a profile under
+    /// `~/.local/state/nix/profiles` is rooted only through `gcroots/auto`,
+    /// and `[auto-roots]` expired its generations, the current one too.
+    /// They are generations: `[[generations]]` can name them, and the auto
+    /// rule never touches them.
+    #[test]
+    fn modern_profiles_reached_through_auto_are_generations() {
+        let state = tempfile::tempdir().unwrap();
+        let home = state.path().join("home/.local/state/nix/profiles");
+        std::fs::create_dir_all(&home).unwrap();
+        for n in [1, 2, 3] {
+            symlink(
+                format!("{SD}/{}", base('a', "p")),
+                home.join(format!("profile-{n}-link")),
+            )
+            .unwrap();
+            symlink(
+                format!("{SD}/{}", base('a', "p")),
+                home.join(format!("other-{n}-link")),
+            )
+            .unwrap();
+        }
+        symlink("profile-3-link", home.join("profile")).unwrap();
+        symlink("other-2-link", home.join("other")).unwrap();
+        // A link named like a generation, with no profile beside it.
+        symlink(format!("{SD}/{}", base('a', "p")), home.join("lone-1-link")).unwrap();
+        let auto = state.path().join("gcroots/auto");
+        let via = |n: &str| Some(auto.join(n));
+        let p = policy_in(
+            state.path(),
+            &format!(
+                "[[generations]]\nprofile = \"{}\"\nkeep-newest = 1\n[auto-roots]\nolder-than = \"0s\"\nmatch = [\"*\"]\n",
+                home.join("profile").display()
+            ),
+        );
+        let roots: Vec<Root> = [
+            "profile-2-link",
+            "profile-3-link",
+            "other-1-link",
+            "other-2-link",
+            "lone-1-link",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            root(
+                &home.join(l),
+                RootKind::Indirect,
+                via(&i.to_string()).as_deref(),
+            )
+        })
+        .collect();
+        let inputs = gather(&p, &roots, &snap(), &StoreDir::new(SD), state.path()).unwrap();
+        assert_eq!(inputs.profiles[0].current, Some(3));
+        let kinds: Vec<&str> = inputs
+            .root_facts
+            .iter()
+            .map(|f| match f {
+                RootFact::Plain => "plain",
+                RootFact::Generation { .. } => "generation",
+                RootFact::AutoRoot { .. } => "auto",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["generation", "generation", "plain", "plain", "auto"]
+        );
     }
 
     #[test]

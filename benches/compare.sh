@@ -81,6 +81,9 @@ max-freed = "50GiB"
 order = "oldest-first"
 TOML
   read -r t_pol m_pol < <(measure "$bin/storegc" plan --policy "$root/policy.toml" --format paths)
+  # Exactly what the timer and the NixOS module run: the plan file.
+  read -r t_out m_out < <(measure "$bin/storegc" plan --policy "$root/policy.toml" --out "$cache/plan-$n.json")
+  read -r t_json m_json < <(measure "$bin/storegc" plan --policy "$root/policy.toml" --format json)
   t_nix=skipped m_nix=0
   if [ "${SKIP_NIX:-}" != 1 ]; then
     read -r t_nix m_nix < <(measure nix-store --gc --print-dead)
@@ -101,10 +104,13 @@ TOML
   row "storegc plan" "$t_gc" "$m_gc"
   row "storegc plan --threads 1" "$t_gc1" "$m_gc1"
   row "storegc plan --policy" "$t_pol" "$m_pol"
+  row "plan --policy --format json" "$t_json" "$m_json"
+  row "plan --policy --out (timer)" "$t_out" "$m_out"
   vs_nix="Nix not run"
   [ "$t_nix" = skipped ] || vs_nix="storegc plan is $(ratio "$t_nix" "$t_gc")x faster than Nix"
   echo "ratio $n: $vs_nix;" \
     "$(ratio "$t_gc" "$t_sql")x the sqlite3 scan time; $(ratio "$t_gc" "$t_floor")x the rusqlite floor;" \
     "$(( m_gc * 1024 / n )) bytes peak RSS a path; $(ratio "$t_gc1" "$t_gc")x speed-up from threads;" \
-    "the policy plan takes $(ratio "$t_pol" "$t_gc")x the plain one"
+    "the policy plan takes $(ratio "$t_pol" "$t_gc")x the plain one;" \
+    "the timer's plan --out takes $(ratio "$t_out" "$t_json")x the JSON to stdout"
 done

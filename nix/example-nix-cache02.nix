@@ -49,9 +49,11 @@
     # Written by the storegc-report workflow (nix/forgejo/) after building
     # every nixosConfigurations.*: the systems the hosts run next.
     closureLists = [ "/var/lib/storegc/nixos-configurations.txt" ];
-    # The native runner writes that list; its DynamicUser gets the storegc
-    # group and a ReadWritePaths exception for /var/lib/storegc.
-    closureListWriters = [ "gitea-runner-actions-native" ];
+    # The native runner (instance actions-native) writes that list; its
+    # DynamicUser gets the storegc group and a ReadWritePaths exception for
+    # /var/lib/storegc. NixOS runs the instance as
+    # gitea-runner-actions\x2dnative.service; the module derives that name.
+    closureListRunners = [ "actions-native" ];
 
     # After the hosts' nightly auto-upgrade has fetched its systems, and
     # after the nightly CI build has refreshed the list.
@@ -69,6 +71,6 @@
   };
 
   # The runner itself (hosts/nix-cache02/actions-runner.nix in the seed
-  # plan) needs nothing more: closureListWriters above adds the group and
-  # the writable folder to gitea-runner-actions-native.service.
+  # plan) needs nothing more: closureListRunners above adds the group and
+  # the writable folder to gitea-runner-actions\x2dnative.service.
 }

@@ -192,6 +192,13 @@ let
   };
 
   daemonUnits = optionals cfg.deleteThroughDaemon [ "nix-daemon.socket" ];
+
+  # The units that may write the closure list: the ones named as systemd
+  # has them, and each runner instance's unit as NixOS's
+  # gitea-actions-runner module names it.
+  writerUnits =
+    cfg.closureListWriters
+    ++ map (name: "gitea-runner-${utils.escapeSystemdPath name}") cfg.closureListRunners;
 in
 {
   options.services.storegc = {
@@ -260,14 +267,30 @@ in
       '';
     };
 
+    closureListRunners = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "actions-native" ];
+      description = ''
+        Instances of `services.gitea-actions-runner.instances` (the
+        Forgejo/Gitea runner) whose jobs write the closure list. NixOS
+        names an instance's unit `gitea-runner-''${utils.escapeSystemdPath
+        name}` (`actions-native` runs as `gitea-runner-actions\x2dnative`),
+        so the unit is derived here the same way; each gets what
+        `closureListWriters` gives.
+      '';
+    };
+
     closureListWriters = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "gitea-runner-actions-native" ];
+      example = [ "my-ci-job" ];
       description = ''
-        systemd services (without .service) that may write ${stateDir}:
-        each gets `closureListGroup` as a supplementary group and
-        ${stateDir} as a ReadWritePaths exception to its sandbox.
+        systemd services (without .service, spelled as systemd names them,
+        escapes included) that may write ${stateDir}: each gets
+        `closureListGroup` as a supplementary group and ${stateDir} as a
+        ReadWritePaths exception to its sandbox. For runner instances use
+        `closureListRunners`, which derives the unit name.
       '';
     };
 
@@ -409,7 +432,7 @@ in
     }
 
     {
-      systemd.services = genAttrs cfg.closureListWriters (_: {
+      systemd.services = genAttrs writerUnits (_: {
         serviceConfig = {
           SupplementaryGroups = [ cfg.closureListGroup ];
           # "-": the runner still starts if the folder is missing.

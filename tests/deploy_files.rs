@@ -131,6 +131,29 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         "eval.nix and the module's text disagree"
     );
 
+    // Regression: `closureListWriters = [ "gitea-runner-actions-native" ]`
+    // made a second, empty unit, since NixOS runs runner instance
+    // `actions-native` as `gitea-runner-actions\x2dnative`. The module
+    // derives the unit from the instance name; systemd-escape says how.
+    let names: Vec<String> = serde_json::from_value(eval["runnerNames"].clone()).unwrap();
+    let units: Vec<String> = serde_json::from_value(eval["runnerUnits"].clone()).unwrap();
+    let mut want: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let out = Command::new("systemd-escape")
+                .args(["--path", n])
+                .output()
+                .expect("running systemd-escape");
+            assert!(out.status.success(), "systemd-escape --path {n}");
+            format!(
+                "gitea-runner-{}",
+                String::from_utf8(out.stdout).unwrap().trim()
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(units, want, "runner units as the module names them");
+
     // The example's policy, rendered to TOML as pkgs.formats.toml would,
     // is a policy storegc accepts, with the closure list the workflow
     // writes.

@@ -128,7 +128,43 @@ let
     };
     coreutils = "/nix/store/stub-coreutils";
   };
-  utils.escapeSystemdExecArgs = concatStringsSep " ";
+  # NixOS's utils.escapeSystemdPath, rewritten from its rules: leading and
+  # trailing "/" dropped, "/" becomes "-", a leading "." and each of
+  # ` !"#$%&'()*+,;<=>@[\]^`{|}~-` become `\xNN`. tests/deploy_files.rs
+  # checks the unit names it yields against `systemd-escape --path`.
+  hex = {
+    " " = "20"; "!" = "21"; "\"" = "22"; "#" = "23"; "$" = "24"; "%" = "25";
+    "&" = "26"; "'" = "27"; "(" = "28"; ")" = "29"; "*" = "2a"; "+" = "2b";
+    "," = "2c"; "-" = "2d"; "." = "2e"; ";" = "3b"; "<" = "3c"; "=" = "3d";
+    ">" = "3e"; "@" = "40"; "[" = "5b"; "\\" = "5c"; "]" = "5d"; "^" = "5e";
+    "`" = "60"; "{" = "7b"; "|" = "7c"; "}" = "7d"; "~" = "7e";
+  };
+  chars = s: builtins.genList (i: substring i 1 s) (stringLength s);
+  trimSlashes =
+    s:
+    let
+      noLead = if substring 0 1 s == "/" then trimSlashes (substring 1 (stringLength s) s) else s;
+      n = stringLength noLead;
+    in
+    if n > 0 && substring (n - 1) 1 noLead == "/" then trimSlashes (substring 0 (n - 1) noLead) else noLead;
+  escapeChar =
+    i: c:
+    if c == "/" then
+      "-"
+    else if (c != "." || i == 0) && hex ? ${c} then
+      "\\x${hex.${c}}"
+    else
+      c;
+  escapeSystemdPath =
+    s:
+    let
+      t = trimSlashes s;
+    in
+    if t == "" then "-" else concatStringsSep "" (builtins.genList (i: escapeChar i (builtins.elemAt (chars t) i)) (stringLength t));
+  utils = {
+    escapeSystemdExecArgs = concatStringsSep " ";
+    inherit escapeSystemdPath;
+  };
 
   # One evaluation of a module against the defaults of its options and the
   # given settings of services.storegc.
@@ -157,7 +193,20 @@ let
   cache02 = (evalModule example.services.storegc).result;
   svc = cache02.systemd.services.storegc;
   preview = cache02.systemd.services.storegc-preview;
-  runner = cache02.systemd.services.gitea-runner-actions-native;
+  runner = cache02.systemd.services."gitea-runner-actions\\x2dnative";
+  # Runner instance names and the units the module gives the closure-list
+  # rights to (checked against systemd-escape by tests/deploy_files.rs).
+  runnerNames = [
+    "actions-native"
+    "plain"
+    "a_b.c"
+    ".hidden"
+    "x y"
+    "nix-ci-2"
+  ];
+  runnerUnits = filter (n: substring 0 12 n == "gitea-runner") (
+    attrNames (evalModule (example.services.storegc // { closureListRunners = runnerNames; })).result.systemd.services
+  );
   optionNames = attrNames (evalModule { }).options.services.storegc;
   # The policy attrset as the module renders it, closureLists included.
   examplePolicy =
@@ -232,8 +281,9 @@ let
       ]
       && cache02.users.groups ? storegc
     ))
-    (check "runner may write the closure list" (
-      runner.serviceConfig.SupplementaryGroups == [ "storegc" ]
+    (check "runner may write the closure list, under the unit name NixOS gives it" (
+      attrNames cache02.systemd.services == [ "gitea-runner-actions\\x2dnative" "storegc" "storegc-preview" ]
+      && runner.serviceConfig.SupplementaryGroups == [ "storegc" ]
       && runner.serviceConfig.ReadWritePaths == [ "-/var/lib/storegc" ]
     ))
     (check "preview watches the list and plans only" (
@@ -258,7 +308,7 @@ in
 if all (x: x) checks then
   {
     options = optionNames;
-    inherit examplePolicy;
+    inherit examplePolicy runnerNames runnerUnits;
   }
 else
   throw "unreachable"

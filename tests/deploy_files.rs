@@ -165,6 +165,15 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         text.contains(&workflow_env("CLOSURE_LIST")),
         "the example protects another list than the workflow writes:\n{text}"
     );
+    // Regression: check called the policy valid, and the first plan failed
+    // on the list the CI job had not written yet.
+    assert!(
+        text.contains(&format!(
+            "closure list {} does not exist (yet)",
+            workflow_env("CLOSURE_LIST")
+        )),
+        "policy check does not say the closure list is missing:\n{text}"
+    );
 }
 
 /// The names declared under `options.services.storegc` in nix/module.nix:

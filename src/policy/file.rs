@@ -362,7 +362,7 @@ impl Policy {
 
         for g in &self.generations {
             let mut keep = Vec::new();
-            if let Some(n) = g.keep_newest {
+            if let Some(n) = g.keep_newest.filter(|&n| n > 0) {
                 keep.push(format!("the {n} highest-numbered"));
             }
             if let Some(d) = g.keep_since {
@@ -585,6 +585,19 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             Some(d) => Some(cx.duration(d, "generations.keep-since")?),
             None => None,
         };
+        // Neither rule would expire every generation but the current one:
+        // only `keep-newest = 0` says that on purpose.
+        if keep_newest.is_none() && keep_since.is_none() {
+            return Err(cx.err(
+                g.profile.span(),
+                "generations",
+                format!(
+                    "[[generations]] for '{profile}' has neither keep-newest nor keep-since, \
+                     which would expire every generation but the current one; \
+                     say keep-newest = 0 if that is meant"
+                ),
+            ));
+        }
         policy.generations.push(Generations {
             profile: Located {
                 value: path,
@@ -780,6 +793,7 @@ keep-since = "30d"
 
 [[generations]]
 profile = "per-user/ci/profile"
+keep-newest = 0
 
 [auto-roots]
 older-than = "14d"
@@ -820,7 +834,8 @@ order = "largest-first"
             p.generations[1].profile.value,
             PathBuf::from("per-user/ci/profile")
         );
-        assert_eq!(p.generations[1].keep_newest, None);
+        assert_eq!(p.generations[1].keep_newest, Some(0));
+        assert_eq!(p.generations[1].keep_since, None);
         let a = p.auto_roots.as_ref().unwrap();
         assert!(a.match_.is_match("/home/u/src/proj/result"));
         assert!(a.match_.is_match("/home/u/result-dev"));
@@ -830,9 +845,9 @@ order = "largest-first"
         assert_eq!(p.budget.until_free, Some(1000));
         assert_eq!(p.budget.order, Order::LargestFirst);
         let words = p.describe();
-        assert!(words.contains("registered at least 14days ago"), "{words}");
+        assert!(words.contains("registered at least 14 days ago"), "{words}");
         assert!(
-            words.contains("system: the current one stays, and so do the 5 highest-numbered and those whose link is younger than 30days;"),
+            words.contains("system: the current one stays, and so do the 5 highest-numbered and those whose link is younger than 30 days;"),
             "{words}"
         );
         assert!(
@@ -964,6 +979,19 @@ order = "largest-first"
             "policies/x.toml:2: select.origin: invalid origin 'remote'",
             "",
         );
+    }
+
+    /// Regression: a `[[generations]]` with no rule expired every
+    /// generation but the current one.
+    #[test]
+    fn generations_without_a_rule_are_refused_unless_keep_newest_is_0() {
+        assert_error(
+            "description = \"x\"\n[[generations]]\nprofile = \"system\"\n",
+            "policies/x.toml:3: generations: ",
+            "neither keep-newest nor keep-since",
+        );
+        let p = parse("[[generations]]\nprofile = \"system\"\nkeep-newest = 0\n").unwrap();
+        assert_eq!(p.generations[0].keep_newest, Some(0));
     }
 
     #[test]

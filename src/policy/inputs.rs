@@ -506,7 +506,7 @@ mod tests {
 
         let p = policy_in(
             state.path(),
-            "[[generations]]\nprofile = \"profiles/system\"\n[[generations]]\nprofile = \"profiles/absent\"\n\
+            "[[generations]]\nprofile = \"profiles/system\"\nkeep-newest = 0\n[[generations]]\nprofile = \"profiles/absent\"\nkeep-newest = 0\n\
              [auto-roots]\nolder-than = \"1d\"\nmatch = [\"*\"]\n",
         );
         let roots = vec![
@@ -634,12 +634,12 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let p = policy_in(
             state.path(),
-            &format!("[[generations]]\nprofile = \"profiles/system\"\n[[generations]]\nprofile = \"{}/profiles/./system\"\n", state.path().display()),
+            &format!("[[generations]]\nprofile = \"profiles/system\"\nkeep-newest = 0\n[[generations]]\nprofile = \"{}/profiles/./system\"\nkeep-newest = 0\n", state.path().display()),
         );
         let err = gather(&p, &[], &snap(), &StoreDir::new(SD), state.path())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("p.toml:4: generations.profile: "), "{err}");
+        assert!(err.contains("p.toml:5: generations.profile: "), "{err}");
     }
 
     #[test]

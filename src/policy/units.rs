@@ -89,9 +89,23 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
-/// A duration in words, e.g. "14days".
+/// A duration in words, e.g. "14 days", "1 day 2h": humantime's reading
+/// with a space before each unit that is a word. O(len).
 pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    humantime::format_duration(d)
+        .to_string()
+        .split(' ')
+        .map(|part| {
+            let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+            let (n, unit) = part.split_at(digits);
+            if unit.len() > 2 {
+                format!("{n} {unit}")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -132,6 +146,11 @@ mod tests {
         assert_eq!(format_size(12), "12 bytes");
         assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));
         assert!(parse_duration("14 dayz").is_err());
-        assert_eq!(format_duration(Duration::from_secs(14 * 86400)), "14days");
+        assert_eq!(format_duration(Duration::from_secs(14 * 86400)), "14 days");
+        assert_eq!(
+            format_duration(Duration::from_secs(86400 + 7200)),
+            "1 day 2h"
+        );
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
     }
 }

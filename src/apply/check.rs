@@ -351,7 +351,10 @@ mod tests {
             )
         );
         std::fs::write(&f, "{}").unwrap();
-        assert!(read_plan(&f).unwrap_err().to_string().contains("version missing"));
+        assert!(read_plan(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("version missing"));
     }
 
     #[test]

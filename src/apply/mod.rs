@@ -143,7 +143,13 @@ pub fn apply(
     // The fresh scan that confirms every root removal; bad input (an
     // unreadable store) fails here, before anything changed.
     let before = load(settings, &opts.load)?;
-    let dropped = remove_roots(&plan.expired_roots, settings, &before, opts.dry_run, &mut report);
+    let dropped = remove_roots(
+        &plan.expired_roots,
+        settings,
+        &before,
+        opts.dry_run,
+        &mut report,
+    );
     let current = match current_store(before, &dropped, settings, opts) {
         Ok(c) => c,
         Err(e) => return fail_late(report, e.into()),
@@ -168,7 +174,8 @@ pub fn apply(
 /// An error after the plan checks: returned as is while nothing changed,
 /// else recorded in the report (exit 1).
 fn fail_late(mut report: ApplyReport, err: ApplyError) -> Result<ApplyReport, ApplyError> {
-    let changed = !report.dry_run && !(report.roots_removed.is_empty() && report.deleted.is_empty());
+    let changed =
+        !report.dry_run && !(report.roots_removed.is_empty() && report.deleted.is_empty());
     if !changed {
         return Err(err);
     }
@@ -244,13 +251,19 @@ fn current_store(
     } else {
         load(settings, &opts.load)?
     };
-    let ignore = if opts.dry_run {
+    let roots = roots_now(&state, &ignored_links(opts.dry_run, dropped));
+    Ok(Current { state, roots })
+}
+
+/// The links whose roots the re-check leaves out: in a dry run the ones it
+/// would have removed (still on disk); in a real run none, since the store
+/// was read again after removal and a link found then is a root now.
+fn ignored_links(dry_run: bool, dropped: &HashSet<String>) -> HashSet<String> {
+    if dry_run {
         dropped.clone()
     } else {
         HashSet::new()
-    };
-    let roots = roots_now(&state, &ignore);
-    Ok(Current { state, roots })
+    }
 }
 
 /// The ids held by the roots in `state`, except those whose link (or, for
@@ -336,13 +349,9 @@ fn delete_all(
         None => nix::arg_budget(Path::new("nix-store"), settings),
     };
     let max_bytes = opts.batch_bytes.map_or(budget, |b| b.min(budget));
-    let batches = order::batches(
-        &state.graph,
-        deletable,
-        opts.batch_paths,
-        max_bytes,
-        |id| settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len() + nix::PTR,
-    );
+    let batches = order::batches(&state.graph, deletable, opts.batch_paths, max_bytes, |id| {
+        settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len() + nix::PTR
+    });
     let total: usize = batches.iter().map(Vec::len).sum();
     progress.start(total as u64);
     tracing::info!(paths = total, batches = batches.len(), "deleting");
@@ -406,7 +415,9 @@ fn delete_batch(
     let Some(nix_store) = d.nix_store else {
         for &id in &todo {
             report.deleted.push(d.path(id));
-            report.deleted_nar_bytes = report.deleted_nar_bytes.saturating_add(snap.nar_size[id as usize]);
+            report.deleted_nar_bytes = report
+                .deleted_nar_bytes
+                .saturating_add(snap.nar_size[id as usize]);
         }
         d.progress.advance(todo.len() as u64);
         return Ok(Vec::new());
@@ -420,7 +431,9 @@ fn delete_batch(
         for (&id, path) in todo.iter().zip(&args) {
             if std::fs::symlink_metadata(path).is_err() {
                 report.deleted.push(path.clone());
-                report.deleted_nar_bytes = report.deleted_nar_bytes.saturating_add(snap.nar_size[id as usize]);
+                report.deleted_nar_bytes = report
+                    .deleted_nar_bytes
+                    .saturating_add(snap.nar_size[id as usize]);
                 d.progress.advance(1);
             } else {
                 remaining.push(id);
@@ -502,4 +515,19 @@ fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
         });
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins a bug: the dry run's filter ran in real runs too, so a
+    /// `gcroots/auto` entry re-created by `nix-build -o result` between
+    /// removal and the re-scan was ignored and its new build deleted.
+    #[test]
+    fn a_real_run_honours_every_root_found_after_removal() {
+        let dropped = HashSet::from(["/v/gcroots/auto/h".to_string()]);
+        assert!(ignored_links(false, &dropped).is_empty());
+        assert_eq!(ignored_links(true, &dropped), dropped);
+    }
 }

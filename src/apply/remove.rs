@@ -70,8 +70,15 @@ pub fn confirm_planned(
     if let Some(why) = not_canonical(&e.link) {
         return Err(format!("not removed: the path {why}"));
     }
-    if store_dir.store_path_of(&e.target).map(|b| store_dir.join(b)) != Ok(e.target.clone()) {
-        return Err(format!("not removed: target {} is not a store path", e.target));
+    if store_dir
+        .store_path_of(&e.target)
+        .map(|b| store_dir.join(b))
+        != Ok(e.target.clone())
+    {
+        return Err(format!(
+            "not removed: target {} is not a store path",
+            e.target
+        ));
     }
     let (folder, name) = split(&e.link);
     let found = match e.kind {
@@ -284,7 +291,11 @@ mod tests {
         let roots = vec![
             root("/v/profiles/p-1-link", RootKind::Profile, None),
             root("/v/profiles/q-3-link", RootKind::Profile, None),
-            root("/home/u/result", RootKind::Indirect, Some("/v/gcroots/auto/h")),
+            root(
+                "/home/u/result",
+                RootKind::Indirect,
+                Some("/v/gcroots/auto/h"),
+            ),
             root("/v/gcroots/auto/d", RootKind::Gcroot, None),
             root("/v/gcroots/other", RootKind::Gcroot, None),
         ];
@@ -321,9 +332,11 @@ mod tests {
         let sd = StoreDir::new("/s/store");
         symlink("p-2-link", dir.path().join("p")).unwrap();
         let profile = format!("{d}/p");
-        assert!(confirm_on_disk(&gen(&format!("{d}/p-2-link"), &profile), &sd)
-            .unwrap_err()
-            .contains("current"));
+        assert!(
+            confirm_on_disk(&gen(&format!("{d}/p-2-link"), &profile), &sd)
+                .unwrap_err()
+                .contains("current")
+        );
         confirm_on_disk(&gen(&format!("{d}/p-1-link"), &profile), &sd).unwrap();
     }
 
@@ -334,7 +347,9 @@ mod tests {
         std::fs::create_dir(dir.path().join("real")).unwrap();
         let link = format!("{d}/real/l");
         symlink(T, &link).unwrap();
-        assert!(remove_link(&link, "/elsewhere").unwrap_err().contains("now points"));
+        assert!(remove_link(&link, "/elsewhere")
+            .unwrap_err()
+            .contains("now points"));
         // A folder on the way swapped for a symlink is not followed.
         symlink(dir.path().join("real"), dir.path().join("swapped")).unwrap();
         assert!(remove_link(&format!("{d}/swapped/l"), T).is_err());

@@ -50,11 +50,13 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     super::write_stdout(&text)?;
-    Ok(if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
-        ExitCode::Success
-    } else {
-        ExitCode::Partial
-    })
+    Ok(
+        if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
+            ExitCode::Success
+        } else {
+            ExitCode::Partial
+        },
+    )
 }
 
 fn text(r: &ApplyReport) -> String {

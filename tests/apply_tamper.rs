@@ -163,7 +163,6 @@ fn tampered_plans_remove_no_victim_and_delete_nothing_live() {
             prof.file_name().expect("name").to_string_lossy()
         )))
     };
-    let state = s(&store.state_dir);
 
     // -- Deletions and plan shapes that are refused: exit 2, culprit named.
     let first = base["delete"][0].clone();
@@ -285,40 +284,37 @@ fn tampered_plans_remove_no_victim_and_delete_nothing_live() {
             expired("generation", &gen(&q, 1), &c, &c, Some(&ql)),
         ),
     ];
-    let mut v = base.clone();
-    v["expired_roots"] = Value::Array(kept_cases.iter().map(|(_, e)| e.clone()).collect());
-    // A live path listed for deletion too (p's current generation).
-    v["delete"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"path": b, "nar_size": 1, "registration_time": 0, "reason": "unreachable"}));
-    let mut del = v["delete"].as_array().unwrap().clone();
-    del.sort_by(|x, y| x["path"].as_str().cmp(&y["path"].as_str()));
-    v["delete"] = Value::Array(del);
-    fix_totals(&mut v);
-    let file = write(&dir, "roots.json", &v);
-    let run = apply(&store, &file);
-    assert_eq!(run.code, Some(0), "{}", run.show());
-    let report = run.report();
-    assert_eq!(report["roots_removed"], json!([]), "{}", run.show());
-    let kept_report = report["roots_kept"].as_array().expect("roots_kept");
+    // Each alone (one link may be listed once), with a live path listed
+    // for deletion too (p's current generation).
     for (name, e) in &kept_cases {
+        let mut v = base.clone();
+        v["expired_roots"] = json!([e]);
+        v["delete"].as_array_mut().unwrap().push(
+            json!({"path": b, "nar_size": 1, "registration_time": 0, "reason": "unreachable"}),
+        );
+        fix_totals(&mut v);
+        let file = write(&dir, &format!("{name}.json"), &v);
+        let run = apply(&store, &file);
+        assert_eq!(run.code, Some(0), "{name}: {}", run.show());
+        let report = run.report();
+        assert_eq!(report["roots_removed"], json!([]), "{name}: {}", run.show());
         let link = e["link"].as_str().unwrap();
+        let kept_report = report["roots_kept"].as_array().expect("roots_kept");
         let why = kept_report
             .iter()
             .find(|k| k[0] == link)
             .and_then(|k| k[1].as_str())
             .unwrap_or_else(|| panic!("{name}: {link} not reported as kept: {}", run.show()));
         assert!(!why.is_empty(), "{name}: no reason");
+        assert!(
+            report["skipped_live"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(b.clone())),
+            "{name}: the live path should be reported kept: {}",
+            run.show()
+        );
     }
-    assert!(
-        report["skipped_live"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from(b.clone())),
-        "the live path should be reported kept: {}",
-        run.show()
-    );
 
     // Every victim and everything Nix called live is still there.
     assert_eq!(read_link(&victim), d);

@@ -209,6 +209,7 @@ fn remove_roots(
     let mut dropped = HashSet::new();
     for e in expired {
         let checked = remove::confirm_planned(e, &state_dir, &settings.store_dir, &before.roots)
+            .or_else(|why| remove::confirm_points_to(e).and(Err(why)))
             .and_then(|()| remove::confirm_on_disk(e, &settings.store_dir));
         let removed = checked.and_then(|()| {
             if dry_run {

@@ -58,6 +58,21 @@ fn is_generation_name(name: &str, profile: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Whether the link still reads what the plan saw (for a clear reason in
+/// the report; the removal checks again through its folder handle).
+pub fn confirm_points_to(e: &ExpiredRoot) -> Result<(), String> {
+    match std::fs::read_link(&e.link) {
+        Ok(t) if t.as_os_str().as_bytes() == e.points_to.as_bytes() => Ok(()),
+        Ok(t) => Err(format!(
+            "now points to {} (planned: {})",
+            t.display(),
+            e.points_to
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err("gone already".into()),
+        Err(err) => Err(format!("cannot read link: {err}")),
+    }
+}
+
 /// Checks an expired root against the plan's rules and the roots found by
 /// a fresh scan (`roots`), before anything is read from disk. `state_dir`
 /// is the canonical state dir the scan used. Pure; O(r).

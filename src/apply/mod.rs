@@ -174,8 +174,8 @@ pub fn apply(
 /// An error after the plan checks: returned as is while nothing changed,
 /// else recorded in the report (exit 1).
 fn fail_late(mut report: ApplyReport, err: ApplyError) -> Result<ApplyReport, ApplyError> {
-    let changed =
-        !report.dry_run && !(report.roots_removed.is_empty() && report.deleted.is_empty());
+    let touched = !report.roots_removed.is_empty() || !report.deleted.is_empty();
+    let changed = !report.dry_run && touched;
     if !changed {
         return Err(err);
     }

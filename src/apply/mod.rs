@@ -124,18 +124,7 @@ pub fn apply(
     now: i64,
     progress: &dyn Progress,
 ) -> Result<ApplyReport, ApplyError> {
-    let plan = check::read_plan(plan_file)?;
-    check::check_plan(&plan, plan_file, settings, now, opts.max_plan_age)?;
-    let nix_store = if opts.dry_run {
-        None
-    } else {
-        Some(nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?)
-    };
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(take_lock(&settings.state_dir)?)
-    };
+    let (plan, nix_store, _lock) = prepare(plan_file, settings, opts, now)?;
     let mut report = ApplyReport {
         dry_run: opts.dry_run,
         ..ApplyReport::default()
@@ -155,20 +144,35 @@ pub fn apply(
         Err(e) => return fail_late(report, e.into()),
     };
     let mut deletable = recheck(&plan, &current, settings, &mut report);
-    let outcome = delete_all(
-        nix_store.as_deref(),
-        &current.state,
-        &mut deletable,
+    let deleter = Deleter {
+        nix_store: nix_store.as_deref(),
+        state: &current.state,
         settings,
-        opts,
         stop,
         progress,
-        &mut report,
-    );
-    match outcome {
+    };
+    match delete_all(&deleter, &mut deletable, opts, &mut report) {
         Ok(()) => Ok(finish(report)),
         Err(e) => fail_late(report, e),
     }
+}
+
+/// The plan, checked against this store and the clock; in a real run also
+/// `nix-store` and the apply lock. Nothing has changed yet.
+fn prepare(
+    plan_file: &Path,
+    settings: &Settings,
+    opts: &ApplyOptions,
+    now: i64,
+) -> Result<(crate::plan::Plan, Option<PathBuf>, Option<std::fs::File>), ApplyError> {
+    let plan = check::read_plan(plan_file)?;
+    check::check_plan(&plan, plan_file, settings, now, opts.max_plan_age)?;
+    if opts.dry_run {
+        return Ok((plan, None, None));
+    }
+    let nix_store = nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?;
+    let lock = take_lock(&settings.state_dir)?;
+    Ok((plan, Some(nix_store), Some(lock)))
 }
 
 /// An error after the plan checks: returned as is while nothing changed,
@@ -334,39 +338,25 @@ impl Deleter<'_> {
 /// Deletes the deletable paths batch by batch, referrers first, stopping
 /// between batches on a signal. After a batch with refusals or failures,
 /// one re-check drops everything the paths left behind keep.
-#[allow(clippy::too_many_arguments)]
 fn delete_all(
-    nix_store: Option<&Path>,
-    state: &StoreState,
+    d: &Deleter,
     deletable: &mut [bool],
-    settings: &Settings,
     opts: &ApplyOptions,
-    stop: &AtomicBool,
-    progress: &dyn Progress,
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    let budget = match nix_store {
-        Some(ns) => nix::arg_budget(ns, settings),
-        None => nix::arg_budget(Path::new("nix-store"), settings),
-    };
+    let (state, settings) = (d.state, d.settings);
+    let budget = nix::arg_budget(d.nix_store.unwrap_or(Path::new("nix-store")), settings);
     let max_bytes = opts.batch_bytes.map_or(budget, |b| b.min(budget));
     let batches = order::batches(&state.graph, deletable, opts.batch_paths, max_bytes, |id| {
         settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len() + nix::PTR
     });
     let total: usize = batches.iter().map(Vec::len).sum();
-    progress.start(total as u64);
+    d.progress.start(total as u64);
     tracing::info!(paths = total, batches = batches.len(), "deleting");
-    let d = Deleter {
-        nix_store,
-        state,
-        settings,
-        stop,
-        progress,
-    };
     let before = available_bytes(settings.store_dir.as_str());
     let mut result = Ok(());
     for batch in batches {
-        if stop.load(Ordering::SeqCst) {
+        if d.stop.load(Ordering::SeqCst) {
             report.interrupted = true;
             break;
         }
@@ -374,7 +364,7 @@ fn delete_all(
             .into_iter()
             .filter(|&id| deletable[id as usize])
             .collect();
-        match delete_batch(&d, todo, deletable, report) {
+        match delete_batch(d, todo, deletable, report) {
             Ok(survivors) => {
                 for id in order::drop_kept(&state.graph, deletable, &survivors) {
                     if !survivors.contains(&id) {

@@ -127,6 +127,10 @@ pub struct ApplyArgs {
     /// Report format on stdout
     #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
     pub format: TextOrJson,
+    /// At most this many bytes of arguments per nix-store call (never more
+    /// than ARG_MAX leaves); for tests that want many batches
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub batch_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

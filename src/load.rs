@@ -120,15 +120,14 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`
-/// (statvfs `f_bavail * f_frsize`); 0 if it cannot be read.
-pub fn available_bytes(dir: &str) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir) else {
-        return 0;
-    };
+/// (statvfs `f_bavail * f_frsize`); `None` if it cannot be read, which is
+/// "unknown", never "full".
+pub fn available_bytes(dir: &str) -> Option<u64> {
+    let c = std::ffi::CString::new(dir).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and st a valid out-pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
+        return None;
     }
-    st.f_bavail as u64 * st.f_frsize as u64
+    (st.f_bavail as u64).checked_mul(st.f_frsize as u64)
 }

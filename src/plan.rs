@@ -1,18 +1,24 @@
 //! The plan: what may be deleted and why, as data. Built by a pure function
 //! from the snapshot, the roots and the decision; serialised as versioned
 //! JSON for `storegc apply` and for reports.
+//!
+//! The file format is its own: every type serialised here is defined here
+//! (roots, tallies, budget), converted explicitly from the root scanner's
+//! and the policy's types, so a change inside those modules cannot change
+//! the file `apply` reads without a change here and a new [`PLAN_VERSION`].
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
-use crate::policy::{BudgetOutcome, ByReason, Decision, Kept};
-use crate::roots::Root;
+use crate::policy::{BudgetOutcome, ByReason, Decision, Kept, Tally};
+use crate::roots::{Root, RootKind};
 use crate::settings::GcSettings;
 use crate::store_path::StoreDir;
 
-/// Version of the plan format; `apply` refuses any other.
-pub const PLAN_VERSION: u32 = 1;
+/// Version of the plan format; `apply` refuses any other. 2: the plan's
+/// own types (same field names as 1's).
+pub const PLAN_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -23,7 +29,7 @@ pub struct Plan {
     pub created: String,
     pub settings: PlanSettings,
     /// Every root found, sorted.
-    pub roots: Vec<Root>,
+    pub roots: Vec<PlanRoot>,
     /// Roots the policy expired (generation links, auto roots).
     #[serde(default)]
     pub expired_roots: Vec<ExpiredRoot>,
@@ -32,13 +38,13 @@ pub struct Plan {
     pub totals: Totals,
     /// What the policy kept, per protection (each path counted once).
     #[serde(default)]
-    pub kept: Kept,
+    pub kept: PlanKept,
     /// Deleted paths per reason.
     #[serde(default)]
-    pub by_reason: ByReason,
+    pub by_reason: PlanByReason,
     /// How the budget was applied, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<BudgetOutcome>,
+    pub budget: Option<PlanBudget>,
     /// Warnings from the policy's inputs (e.g. a closure-list path that is
     /// not valid yet).
     #[serde(default)]
@@ -52,6 +58,165 @@ pub struct PlanSettings {
     /// The policy file, if any.
     #[serde(default)]
     pub policy: Option<String>,
+}
+
+/// One root as the plan records it (what `storegc roots` found).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlanRoot {
+    /// What holds the path (see [`Root::link`]).
+    pub link: String,
+    /// The store path held.
+    pub target: String,
+    pub kind: PlanRootKind,
+    /// For an indirect root: the entry under `gcroots/` pointing to `link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+impl From<&Root> for PlanRoot {
+    fn from(r: &Root) -> PlanRoot {
+        PlanRoot {
+            link: r.link.clone(),
+            target: r.target.clone(),
+            kind: r.kind.into(),
+            via: r.via.clone(),
+        }
+    }
+}
+
+/// The kind of a recorded root, in [`RootKind`]'s order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanRootKind {
+    Gcroot,
+    Profile,
+    Indirect,
+    Runtime,
+    Temp,
+}
+
+impl From<RootKind> for PlanRootKind {
+    fn from(k: RootKind) -> PlanRootKind {
+        match k {
+            RootKind::Gcroot => PlanRootKind::Gcroot,
+            RootKind::Profile => PlanRootKind::Profile,
+            RootKind::Indirect => PlanRootKind::Indirect,
+            RootKind::Runtime => PlanRootKind::Runtime,
+            RootKind::Temp => PlanRootKind::Temp,
+        }
+    }
+}
+
+impl PlanRootKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanRootKind::Gcroot => "gcroot",
+            PlanRootKind::Profile => "profile",
+            PlanRootKind::Indirect => "indirect",
+            PlanRootKind::Runtime => "runtime",
+            PlanRootKind::Temp => "temp",
+        }
+    }
+}
+
+/// Paths and narSize bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTally {
+    pub paths: u64,
+    pub bytes: u64,
+}
+
+impl From<Tally> for PlanTally {
+    fn from(t: Tally) -> PlanTally {
+        PlanTally {
+            paths: t.paths,
+            bytes: t.bytes,
+        }
+    }
+}
+
+impl std::ops::AddAssign for PlanTally {
+    fn add_assign(&mut self, o: PlanTally) {
+        self.paths = self.paths.saturating_add(o.paths);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+    }
+}
+
+/// What the policy kept, per protection (see [`Kept`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanKept {
+    pub nix_roots: PlanTally,
+    pub closure_lists: PlanTally,
+    pub protected_paths: PlanTally,
+    pub protected_names: PlanTally,
+    pub unselected: PlanTally,
+    pub budget: PlanTally,
+}
+
+impl From<Kept> for PlanKept {
+    fn from(k: Kept) -> PlanKept {
+        PlanKept {
+            nix_roots: k.nix_roots.into(),
+            closure_lists: k.closure_lists.into(),
+            protected_paths: k.protected_paths.into(),
+            protected_names: k.protected_names.into(),
+            unselected: k.unselected.into(),
+            budget: k.budget.into(),
+        }
+    }
+}
+
+impl PlanKept {
+    /// Every kept path, once.
+    pub fn total(&self) -> PlanTally {
+        let mut t = self.nix_roots;
+        for x in [
+            self.closure_lists,
+            self.protected_paths,
+            self.protected_names,
+            self.unselected,
+            self.budget,
+        ] {
+            t += x;
+        }
+        t
+    }
+}
+
+/// Deleted paths per reason (see [`ByReason`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanByReason {
+    pub unreachable: PlanTally,
+    pub expired_generation: PlanTally,
+    pub expired_auto_root: PlanTally,
+}
+
+impl From<ByReason> for PlanByReason {
+    fn from(b: ByReason) -> PlanByReason {
+        PlanByReason {
+            unreachable: b.unreachable.into(),
+            expired_generation: b.expired_generation.into(),
+            expired_auto_root: b.expired_auto_root.into(),
+        }
+    }
+}
+
+/// How the budget was applied (see [`BudgetOutcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanBudget {
+    pub limit: u64,
+    pub already_met: bool,
+    pub candidates: PlanTally,
+}
+
+impl From<BudgetOutcome> for PlanBudget {
+    fn from(b: BudgetOutcome) -> PlanBudget {
+        PlanBudget {
+            limit: b.limit,
+            already_met: b.already_met,
+            candidates: b.candidates.into(),
+        }
+    }
 }
 
 /// A root the policy lets go; `apply` removes `link` only if it still reads
@@ -163,7 +328,7 @@ impl Plan {
         for d in &deletions {
             totals += d;
         }
-        let mut roots = roots.to_vec();
+        let mut roots: Vec<PlanRoot> = roots.iter().map(PlanRoot::from).collect();
         roots.sort();
         // One entry per link: Nix 2.8's `nix-env -p` also registers each
         // generation under gcroots/auto, so a generation is found twice.
@@ -184,9 +349,9 @@ impl Plan {
             expired_roots,
             delete: deletions,
             totals,
-            kept: decision.kept,
-            by_reason: decision.by_reason,
-            budget: decision.budget,
+            kept: decision.kept.into(),
+            by_reason: decision.by_reason.into(),
+            budget: decision.budget.map(PlanBudget::from),
             warnings: decision.warnings.clone(),
         }
     }

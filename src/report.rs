@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::plan::{Deletion, ExpiredKind, Plan};
-use crate::roots::{Root, RootKind};
+use crate::plan::{Deletion, ExpiredKind, Plan, PlanRoot, PlanRootKind};
+use crate::roots::Root;
 use crate::store_path::{parse_basename, StoreDir, HASH_LEN};
 
 /// Columns of the text report.
@@ -297,7 +297,7 @@ fn by_reason(plan: &Plan) -> BTreeMap<&str, (u64, u64)> {
 }
 
 /// The non-empty protections, in the order the policy counts them.
-fn kept_rows(plan: &Plan) -> Vec<(&'static str, crate::policy::Tally)> {
+fn kept_rows(plan: &Plan) -> Vec<(&'static str, crate::plan::PlanTally)> {
     let k = &plan.kept;
     [
         ("by Nix roots", k.nix_roots),
@@ -323,7 +323,7 @@ fn largest_first(plan: &Plan) -> Vec<&Deletion> {
     big
 }
 
-fn count_kinds(roots: &[Root]) -> BTreeMap<RootKind, usize> {
+fn count_kinds(roots: &[PlanRoot]) -> BTreeMap<PlanRootKind, usize> {
     let mut m = BTreeMap::new();
     for r in roots {
         *m.entry(r.kind).or_insert(0) += 1;
@@ -647,10 +647,10 @@ mod tests {
                 keep_derivations: false,
                 policy: Some(format!("{store}-etc/storegc/{msg}.toml")),
             },
-            roots: vec![Root {
+            roots: vec![PlanRoot {
                 link: format!("{state}/profiles/{msg}"),
                 target: store_path(store, &name(0)),
-                kind: RootKind::Profile,
+                kind: PlanRootKind::Profile,
                 via: None,
             }],
             expired_roots: vec![

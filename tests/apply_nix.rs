@@ -132,7 +132,9 @@ impl Run {
 fn apply_args<'a>(plan: &'a Path, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
     let mut args: Vec<&OsStr> = ["--quiet", "apply"].map(OsStr::new).to_vec();
     args.push(plan.as_os_str());
-    args.extend(["--format", "json"].map(OsStr::new));
+    // Apply sizes batches from ARG_MAX (2 MiB here); 1 MiB keeps the
+    // several batches the interruption tests need on synthetic stores.
+    args.extend(["--format", "json", "--batch-bytes", "1048576"].map(OsStr::new));
     args.extend(extra.iter().map(OsStr::new));
     args
 }

@@ -17,8 +17,8 @@ pub enum PlanError {
         line: usize,
         msg: String,
     },
-    #[error("{file}: plan format version {found}, this storegc reads version {PLAN_VERSION}")]
-    Version { file: PathBuf, found: u32 },
+    #[error("{file}: plan format version {found}, this storegc reads version {PLAN_VERSION} (make a new plan)")]
+    Version { file: PathBuf, found: String },
     #[error("{file}: plan is for store {planned}, not this store {actual}")]
     OtherStore {
         file: PathBuf,
@@ -47,6 +47,14 @@ pub enum PlanError {
         path: String,
         store: String,
     },
+    #[error("{file}: the delete list's narSizes overflow 64 bits at '{path}'")]
+    Overflow { file: PathBuf, path: String },
+    #[error("{file}: '{path}' is listed twice in {list}")]
+    Duplicate {
+        file: PathBuf,
+        list: &'static str,
+        path: String,
+    },
     #[error("{file}: totals ({paths} paths, {bytes} bytes) do not add up to the delete list")]
     Totals {
         file: PathBuf,
@@ -55,14 +63,30 @@ pub enum PlanError {
     },
 }
 
-/// Reads and parses a plan file.
+/// Just the version of a plan file, read before the rest so a plan of
+/// another format is refused for its version, not for its fields.
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    version: Option<serde_json::Value>,
+}
+
+/// Reads and parses a plan file: its version first (only
+/// [`PLAN_VERSION`] is read), then the whole plan.
 pub fn read_plan(file: &Path) -> Result<Plan, PlanError> {
     let text = std::fs::read_to_string(file).map_err(|e| PlanError::Read(file.to_path_buf(), e))?;
-    serde_json::from_str(&text).map_err(|e| PlanError::Parse {
+    let parse_error = |e: serde_json::Error| PlanError::Parse {
         file: file.to_path_buf(),
         line: e.line(),
         msg: e.to_string(),
-    })
+    };
+    let v: VersionOnly = serde_json::from_str(&text).map_err(parse_error)?;
+    if v.version.as_ref().and_then(|v| v.as_u64()) != Some(PLAN_VERSION.into()) {
+        return Err(PlanError::Version {
+            file: file.to_path_buf(),
+            found: v.version.map_or("missing".into(), |v| v.to_string()),
+        });
+    }
+    serde_json::from_str(&text).map_err(parse_error)
 }
 
 /// Checks a parsed plan against this store and the clock (`now`, unix
@@ -78,7 +102,7 @@ pub fn check_plan(
     if plan.version != PLAN_VERSION {
         return Err(PlanError::Version {
             file,
-            found: plan.version,
+            found: plan.version.to_string(),
         });
     }
     if plan.store_dir != settings.store_dir.as_str() {
@@ -119,6 +143,14 @@ pub fn check_plan(
             max: humantime::format_duration(max_age).to_string(),
         });
     }
+    check_deletions(plan, &file, settings)?;
+    check_expired(plan, &file)
+}
+
+/// Every deletion is exactly `<store>/<basename>` (so no `/../`), listed
+/// once, and the totals add up without overflow. O(d log d).
+fn check_deletions(plan: &Plan, file: &Path, settings: &Settings) -> Result<(), PlanError> {
+    let file = file.to_path_buf();
     let (mut paths, mut bytes) = (0u64, 0u64);
     for d in &plan.delete {
         if settings
@@ -134,7 +166,12 @@ pub fn check_plan(
             });
         }
         paths += 1;
-        bytes += d.nar_size;
+        bytes = bytes
+            .checked_add(d.nar_size)
+            .ok_or_else(|| PlanError::Overflow {
+                file: file.clone(),
+                path: d.path.clone(),
+            })?;
     }
     if paths != plan.totals.paths || bytes != plan.totals.nar_bytes {
         return Err(PlanError::Totals {
@@ -143,7 +180,31 @@ pub fn check_plan(
             bytes: plan.totals.nar_bytes,
         });
     }
+    let mut sorted: Vec<&str> = plan.delete.iter().map(|d| d.path.as_str()).collect();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(PlanError::Duplicate {
+            file,
+            list: "delete",
+            path: w[0].to_string(),
+        });
+    }
     Ok(())
+}
+
+/// Every expired root is listed once. (What may be removed is decided at
+/// removal, against a fresh scan: see [`super::remove`].) O(k log k).
+fn check_expired(plan: &Plan, file: &Path) -> Result<(), PlanError> {
+    let mut links: Vec<&str> = plan.expired_roots.iter().map(|e| e.link.as_str()).collect();
+    links.sort_unstable();
+    match links.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(PlanError::Duplicate {
+            file: file.to_path_buf(),
+            list: "expired_roots",
+            path: w[0].to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +304,57 @@ mod tests {
             check_plan(&p, f, &settings(), 1_000_100, DAY),
             Err(PlanError::Totals { .. })
         ));
+        let mut p = plan();
+        p.delete[0].path = format!("/s/store/{}-x/../{}-y", "a".repeat(32), "b".repeat(32));
+        assert!(matches!(
+            check_plan(&p, f, &settings(), 1_000_100, DAY),
+            Err(PlanError::ForeignPath { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_wrapping_totals_and_duplicates() {
+        let f = Path::new("p.json");
+        // Two sizes whose sum wraps around to the stated total.
+        let mut p = plan();
+        let mut second = p.delete[0].clone();
+        second.path = format!("/s/store/{}-y", "b".repeat(32));
+        second.nar_size = u64::MAX;
+        p.delete.push(second);
+        p.totals = Totals {
+            paths: 2,
+            nar_bytes: 4,
+        };
+        let e = check_plan(&p, f, &settings(), 1_000_100, DAY).unwrap_err();
+        assert!(matches!(e, PlanError::Overflow { .. }), "{e}");
+        let mut p = plan();
+        p.delete.push(p.delete[0].clone());
+        p.totals = Totals {
+            paths: 2,
+            nar_bytes: 10,
+        };
+        let e = check_plan(&p, f, &settings(), 1_000_100, DAY).unwrap_err();
+        assert!(e.to_string().contains("listed twice in delete"), "{e}");
+    }
+
+    #[test]
+    fn another_version_is_refused_before_its_fields_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("plan.json");
+        std::fs::write(&f, r#"{"version": 1, "roots": [{"odd": true}]}"#).unwrap();
+        let e = read_plan(&f).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: plan format version 1, this storegc reads version 2 (make a new plan)",
+                f.display()
+            )
+        );
+        std::fs::write(&f, "{}").unwrap();
+        assert!(read_plan(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("version missing"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod check;
 pub mod nix;
 pub mod order;
+pub mod remove;
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
@@ -20,10 +21,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::graph::live_set_sequential;
-use crate::load::{available_bytes, load, LoadError, LoadOptions};
+use crate::load::{available_bytes, load, LoadError, LoadOptions, StoreState};
 use crate::paths::{PathId, NO_PATH};
-use crate::plan::{ExpiredKind, ExpiredRoot};
+use crate::plan::ExpiredRoot;
 use crate::settings::Settings;
 use check::PlanError;
 use nix::DeleteOutcome;
@@ -52,9 +52,9 @@ pub struct ApplyOptions {
     pub load: LoadOptions,
     /// Paths per `nix-store --delete` call.
     pub batch_paths: usize,
-    /// Bytes of arguments per call (under ARG_MAX with room for the
-    /// environment).
-    pub batch_bytes: usize,
+    /// At most this many bytes of arguments per call; never more than
+    /// [`nix::arg_budget`] (ARG_MAX minus the environment) leaves.
+    pub batch_bytes: Option<usize>,
 }
 
 impl Default for ApplyOptions {
@@ -65,7 +65,7 @@ impl Default for ApplyOptions {
             nix_store: None,
             load: LoadOptions::default(),
             batch_paths: 20_000,
-            batch_bytes: 1 << 20,
+            batch_bytes: None,
         }
     }
 }
@@ -77,7 +77,7 @@ pub struct ApplyReport {
     pub deleted: Vec<String>,
     pub deleted_nar_bytes: u64,
     /// Filesystem bytes available after minus before (statvfs); 0 in a dry
-    /// run.
+    /// run or when statvfs failed (then with a warning).
     pub freed_fs_bytes: i64,
     /// Planned paths that are live now (a new root or referrer), with
     /// everything they keep.
@@ -90,6 +90,10 @@ pub struct ApplyReport {
     pub roots_kept: Vec<(String, String)>,
     /// Stopped by a signal before the last batch.
     pub interrupted: bool,
+    /// Errors after something had changed (exit 1).
+    pub errors: Vec<String>,
+    /// E.g. the free space could not be measured.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +112,10 @@ impl Progress for () {}
 
 /// Applies a plan file. `stop` is set by the signal handler; `now` comes
 /// from the caller.
+///
+/// An error before anything changed is returned (exit 2, "nothing
+/// changed"); once a root is removed or a batch deleted, every later error
+/// goes into [`ApplyReport::errors`] instead, so the report is not lost.
 pub fn apply(
     plan_file: &Path,
     settings: &Settings,
@@ -116,64 +124,177 @@ pub fn apply(
     now: i64,
     progress: &dyn Progress,
 ) -> Result<ApplyReport, ApplyError> {
-    let plan = check::read_plan(plan_file)?;
-    check::check_plan(&plan, plan_file, settings, now, opts.max_plan_age)?;
-    let nix_store = if opts.dry_run {
-        None
-    } else {
-        Some(nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?)
-    };
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(take_lock(&settings.state_dir)?)
-    };
-
+    let (plan, nix_store, _lock) = prepare(plan_file, settings, opts, now)?;
     let mut report = ApplyReport {
         dry_run: opts.dry_run,
         ..ApplyReport::default()
     };
-    // Bad input must change nothing: make sure the store can be read
-    // before any root goes (the re-check below reads it again, after).
-    if !plan.expired_roots.is_empty() && !opts.dry_run {
-        load(settings, &opts.load)?;
+    // The fresh scan that confirms every root removal; bad input (an
+    // unreadable store) fails here, before anything changed.
+    let before = load(settings, &opts.load)?;
+    let dropped = remove_roots(
+        &plan.expired_roots,
+        settings,
+        &before,
+        opts.dry_run,
+        &mut report,
+    );
+    let current = match current_store(before, &dropped, settings, opts) {
+        Ok(c) => c,
+        Err(e) => return fail_late(report, e.into()),
+    };
+    let mut deletable = recheck(&plan, &current, settings, &mut report);
+    let deleter = Deleter {
+        nix_store: nix_store.as_deref(),
+        state: &current.state,
+        settings,
+        stop,
+        progress,
+    };
+    match delete_all(&deleter, &mut deletable, opts, &mut report) {
+        Ok(()) => Ok(finish(report)),
+        Err(e) => fail_late(report, e),
     }
-    // Roots: remove (or, in a dry run, pretend to remove) the expired ones.
-    let mut dropped_links: HashSet<String> = HashSet::new();
-    for e in &plan.expired_roots {
-        match may_remove(e, &settings.store_dir) {
-            Ok(()) => {
-                if !opts.dry_run {
-                    if let Err(err) = std::fs::remove_file(&e.link) {
-                        if err.kind() != std::io::ErrorKind::NotFound {
-                            report
-                                .roots_kept
-                                .push((e.link.clone(), format!("cannot remove: {err}")));
-                            continue;
-                        }
-                    }
-                }
-                dropped_links.insert(e.link.clone());
+}
+
+/// The plan, checked against this store and the clock; in a real run also
+/// `nix-store` and the apply lock. Nothing has changed yet.
+fn prepare(
+    plan_file: &Path,
+    settings: &Settings,
+    opts: &ApplyOptions,
+    now: i64,
+) -> Result<(crate::plan::Plan, Option<PathBuf>, Option<std::fs::File>), ApplyError> {
+    let plan = check::read_plan(plan_file)?;
+    check::check_plan(&plan, plan_file, settings, now, opts.max_plan_age)?;
+    if opts.dry_run {
+        return Ok((plan, None, None));
+    }
+    let nix_store = nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?;
+    let lock = take_lock(&settings.state_dir)?;
+    Ok((plan, Some(nix_store), Some(lock)))
+}
+
+/// An error after the plan checks: returned as is while nothing changed,
+/// else recorded in the report (exit 1).
+fn fail_late(mut report: ApplyReport, err: ApplyError) -> Result<ApplyReport, ApplyError> {
+    let touched = !report.roots_removed.is_empty() || !report.deleted.is_empty();
+    let changed = !report.dry_run && touched;
+    if !changed {
+        return Err(err);
+    }
+    report.errors.push(err.to_string());
+    Ok(finish(report))
+}
+
+/// Sorts the report's lists.
+fn finish(mut report: ApplyReport) -> ApplyReport {
+    report.deleted.sort();
+    report.skipped_live.sort();
+    report.skipped_live.dedup();
+    report.roots_removed.sort();
+    report.roots_kept.sort();
+    report.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    report
+}
+
+/// Removes (in a dry run: pretends to) the expired roots that the fresh
+/// scan in `before` confirms (see [`remove`]); the others are kept and
+/// reported with why. Returns the links removed.
+fn remove_roots(
+    expired: &[ExpiredRoot],
+    settings: &Settings,
+    before: &StoreState,
+    dry_run: bool,
+    report: &mut ApplyReport,
+) -> HashSet<String> {
+    let state_dir = crate::roots::gcroots::canonical_state_dir(&settings.state_dir);
+    let state_dir = state_dir.to_string_lossy();
+    let mut dropped = HashSet::new();
+    for e in expired {
+        let checked = remove::confirm_planned(e, &state_dir, &settings.store_dir, &before.roots)
+            .or_else(|why| remove::confirm_points_to(e).and(Err(why)))
+            .and_then(|()| remove::confirm_on_disk(e, &settings.store_dir));
+        let removed = checked.and_then(|()| {
+            if dry_run {
+                Ok(true)
+            } else {
+                remove::remove_link(&e.link, &e.points_to)
+            }
+        });
+        match removed {
+            Ok(_) => {
+                dropped.insert(e.link.clone());
                 report.roots_removed.push(e.link.clone());
             }
             Err(why) => report.roots_kept.push((e.link.clone(), why)),
         }
     }
+    dropped
+}
 
-    // The store as it is now.
-    let state = load(settings, &opts.load)?;
-    let n = state.snap.len();
-    let roots: Vec<PathId> = state
+/// The store as apply deletes from it, with the roots that hold paths now.
+struct Current {
+    state: StoreState,
+    roots: Vec<PathId>,
+}
+
+/// The store after root removal. A real run that removed roots reads the
+/// store again and honours every root found, including one re-created
+/// meanwhile (`nix-build -o result` again makes the same `gcroots/auto`
+/// entry). A dry run (or a run that removed nothing) reuses `before`; in a
+/// dry run the links it would remove are still on disk, so their roots are
+/// left out.
+fn current_store(
+    before: StoreState,
+    dropped: &HashSet<String>,
+    settings: &Settings,
+    opts: &ApplyOptions,
+) -> Result<Current, LoadError> {
+    let state = if opts.dry_run || dropped.is_empty() {
+        before
+    } else {
+        load(settings, &opts.load)?
+    };
+    let roots = roots_now(&state, &ignored_links(opts.dry_run, dropped));
+    Ok(Current { state, roots })
+}
+
+/// The links whose roots the re-check leaves out: in a dry run the ones it
+/// would have removed (still on disk); in a real run none, since the store
+/// was read again after removal and a link found then is a root now.
+fn ignored_links(dry_run: bool, dropped: &HashSet<String>) -> HashSet<String> {
+    if dry_run {
+        dropped.clone()
+    } else {
+        HashSet::new()
+    }
+}
+
+/// The ids held by the roots in `state`, except those whose link (or, for
+/// an indirect root, whose `gcroots` entry) is in `ignore`. O(r).
+fn roots_now(state: &StoreState, ignore: &HashSet<String>) -> Vec<PathId> {
+    state
         .root_ids
         .iter()
         .filter(|&&(i, _)| {
-            // In a dry run the expired links are still on disk.
             let r = &state.roots[i];
-            !(dropped_links.contains(&r.link)
-                || r.via.as_ref().is_some_and(|v| dropped_links.contains(v)))
+            !(ignore.contains(&r.link) || r.via.as_ref().is_some_and(|v| ignore.contains(v)))
         })
         .map(|&(_, id)| id)
-        .collect();
+        .collect()
+}
+
+/// Which planned paths may still go: valid now and dead in the current
+/// graph, closed under referrers. Reports the others.
+fn recheck(
+    plan: &crate::plan::Plan,
+    current: &Current,
+    settings: &Settings,
+    report: &mut ApplyReport,
+) -> Vec<bool> {
+    let state = &current.state;
+    let n = state.snap.len();
     let mut planned = vec![false; n];
     for d in &plan.delete {
         let id = settings
@@ -188,7 +309,7 @@ pub fn apply(
             planned[id as usize] = true;
         }
     }
-    let mut deletable = order::recheck(&state.graph, &planned, &roots);
+    let deletable = order::recheck(&state.graph, &planned, &current.roots);
     for id in 0..n {
         if planned[id] && !deletable[id] {
             report
@@ -196,181 +317,170 @@ pub fn apply(
                 .push(settings.store_dir.join(state.snap.paths.get(id as PathId)));
         }
     }
-    let batches = order::batches(
-        &state.graph,
-        &deletable,
-        opts.batch_paths,
-        opts.batch_bytes,
-        |id| settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len(),
-    );
-    let total: usize = batches.iter().map(Vec::len).sum();
-    progress.start(total as u64);
-    tracing::info!(paths = total, batches = batches.len(), "deleting");
+    deletable
+}
 
+/// What the delete step works on.
+struct Deleter<'a> {
+    nix_store: Option<&'a Path>,
+    state: &'a StoreState,
+    settings: &'a Settings,
+    stop: &'a AtomicBool,
+    progress: &'a dyn Progress,
+}
+
+impl Deleter<'_> {
+    fn path(&self, id: PathId) -> String {
+        self.settings.store_dir.join(self.state.snap.paths.get(id))
+    }
+}
+
+/// Deletes the deletable paths batch by batch, referrers first, stopping
+/// between batches on a signal. After a batch with refusals or failures,
+/// one re-check drops everything the paths left behind keep.
+fn delete_all(
+    d: &Deleter,
+    deletable: &mut [bool],
+    opts: &ApplyOptions,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let (state, settings) = (d.state, d.settings);
+    let budget = nix::arg_budget(d.nix_store.unwrap_or(Path::new("nix-store")), settings);
+    let max_bytes = opts.batch_bytes.map_or(budget, |b| b.min(budget));
+    let batches = order::batches(&state.graph, deletable, opts.batch_paths, max_bytes, |id| {
+        settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len() + nix::PTR
+    });
+    let total: usize = batches.iter().map(Vec::len).sum();
+    d.progress.start(total as u64);
+    tracing::info!(paths = total, batches = batches.len(), "deleting");
     let before = available_bytes(settings.store_dir.as_str());
+    let mut result = Ok(());
     for batch in batches {
-        if stop.load(Ordering::SeqCst) {
+        if d.stop.load(Ordering::SeqCst) {
             report.interrupted = true;
             break;
         }
-        let mut todo: Vec<PathId> = batch
+        let todo: Vec<PathId> = batch
             .into_iter()
             .filter(|&id| deletable[id as usize])
             .collect();
-        let Some(nix_store) = &nix_store else {
-            for &id in &todo {
-                report
-                    .deleted
-                    .push(settings.store_dir.join(state.snap.paths.get(id)));
-                report.deleted_nar_bytes += state.snap.nar_size[id as usize];
-            }
-            progress.advance(todo.len() as u64);
-            continue;
-        };
-        // Each refusal drops one live path and what it keeps, so this ends.
-        while !todo.is_empty() {
-            let args: Vec<String> = todo
-                .iter()
-                .map(|&id| settings.store_dir.join(state.snap.paths.get(id)))
-                .collect();
-            let outcome = nix::delete(nix_store, settings, &args)
-                .map_err(|e| ApplyError::Spawn(nix_store.clone(), e))?;
-            let mut remaining = Vec::new();
-            for (&id, path) in todo.iter().zip(&args) {
-                if std::fs::symlink_metadata(path).is_err() {
-                    report.deleted.push(path.clone());
-                    report.deleted_nar_bytes += state.snap.nar_size[id as usize];
-                    progress.advance(1);
-                } else {
-                    remaining.push(id);
-                }
-            }
-            match outcome {
-                DeleteOutcome::Done => break,
-                DeleteOutcome::Alive(path) => {
-                    tracing::warn!(%path, "nix-store refused: still alive; keeping it and what it keeps");
-                    let id = settings
-                        .store_dir
-                        .store_path_of(&path)
-                        .ok()
-                        .and_then(|b| state.snap.paths.lookup(b));
-                    let Some(id) = id.filter(|&id| deletable[id as usize]) else {
-                        fail_all(
-                            &mut report,
-                            &remaining,
-                            &state,
-                            settings,
-                            &format!("nix-store refused {path}"),
-                        );
-                        break;
-                    };
-                    let keep = live_set_sequential(&state.graph, &[id]);
-                    for (v, k) in keep.iter().enumerate() {
-                        if *k && deletable[v] {
-                            deletable[v] = false;
-                            report
-                                .skipped_live
-                                .push(settings.store_dir.join(state.snap.paths.get(v as PathId)));
-                        }
+        match delete_batch(d, todo, deletable, report) {
+            Ok(survivors) => {
+                for id in order::drop_kept(&state.graph, deletable, &survivors) {
+                    if !survivors.contains(&id) {
+                        report.skipped_live.push(d.path(id));
                     }
-                    todo = remaining
-                        .into_iter()
-                        .filter(|&v| deletable[v as usize])
-                        .collect();
-                }
-                DeleteOutcome::Failed(_) if stop.load(Ordering::SeqCst) => {
-                    // A signal for the whole group (systemd's stop) cut Nix
-                    // short too: what is left goes on the next run.
-                    report.interrupted = true;
-                    break;
-                }
-                DeleteOutcome::Failed(msg) => {
-                    fail_all(&mut report, &remaining, &state, settings, &msg);
-                    for &v in &remaining {
-                        deletable[v as usize] = false;
-                    }
-                    break;
                 }
             }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        if report.interrupted {
+            break;
         }
     }
     if !opts.dry_run {
-        let after = available_bytes(settings.store_dir.as_str());
-        report.freed_fs_bytes = after as i64 - before as i64;
+        match (before, available_bytes(settings.store_dir.as_str())) {
+            (Some(b), Some(a)) => report.freed_fs_bytes = a as i64 - b as i64,
+            _ => report
+                .warnings
+                .push("cannot measure the space available on the store's filesystem".into()),
+        }
     }
-    report.deleted.sort();
-    report.skipped_live.sort();
-    report.skipped_live.dedup();
-    report.roots_removed.sort();
-    report.roots_kept.sort();
-    report.failed.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(report)
+    result
 }
 
-fn fail_all(
+/// One batch through `nix-store --delete` (in a dry run: counted as
+/// deleted). A refusal drops the refused path and what it keeps, and the
+/// rest of the batch is tried again; each refusal drops a path, so this
+/// ends. Returns the batch's paths still on disk (refused or failed).
+fn delete_batch(
+    d: &Deleter,
+    mut todo: Vec<PathId>,
+    deletable: &mut [bool],
     report: &mut ApplyReport,
-    ids: &[PathId],
-    state: &crate::load::StoreState,
-    settings: &Settings,
-    msg: &str,
-) {
+) -> Result<Vec<PathId>, ApplyError> {
+    let snap = &d.state.snap;
+    let Some(nix_store) = d.nix_store else {
+        for &id in &todo {
+            report.deleted.push(d.path(id));
+            report.deleted_nar_bytes = report
+                .deleted_nar_bytes
+                .saturating_add(snap.nar_size[id as usize]);
+        }
+        d.progress.advance(todo.len() as u64);
+        return Ok(Vec::new());
+    };
+    let mut survivors = Vec::new();
+    while !todo.is_empty() {
+        let args: Vec<String> = todo.iter().map(|&id| d.path(id)).collect();
+        let outcome = nix::delete(nix_store, d.settings, &args)
+            .map_err(|e| ApplyError::Spawn(nix_store.to_path_buf(), e))?;
+        let mut remaining = Vec::new();
+        for (&id, path) in todo.iter().zip(&args) {
+            if std::fs::symlink_metadata(path).is_err() {
+                report.deleted.push(path.clone());
+                report.deleted_nar_bytes = report
+                    .deleted_nar_bytes
+                    .saturating_add(snap.nar_size[id as usize]);
+                d.progress.advance(1);
+            } else {
+                remaining.push(id);
+            }
+        }
+        match outcome {
+            DeleteOutcome::Done => {
+                survivors.extend(remaining);
+                break;
+            }
+            DeleteOutcome::Alive(path) => {
+                tracing::warn!(%path, "nix-store refused: still alive; keeping it and what it keeps");
+                let id = d
+                    .settings
+                    .store_dir
+                    .store_path_of(&path)
+                    .ok()
+                    .and_then(|b| snap.paths.lookup(b))
+                    .filter(|&id| deletable[id as usize] && remaining.contains(&id));
+                let Some(id) = id else {
+                    fail_all(d, report, &remaining, &format!("nix-store refused {path}"));
+                    survivors.extend(remaining);
+                    break;
+                };
+                for v in order::drop_kept(&d.state.graph, deletable, &[id]) {
+                    report.skipped_live.push(d.path(v));
+                }
+                todo = remaining
+                    .into_iter()
+                    .filter(|&v| deletable[v as usize])
+                    .collect();
+            }
+            DeleteOutcome::Failed(_) if d.stop.load(Ordering::SeqCst) => {
+                // A signal for the whole group (systemd's stop) cut Nix
+                // short too: what is left goes on the next run.
+                report.interrupted = true;
+                survivors.extend(remaining);
+                break;
+            }
+            DeleteOutcome::Failed(msg) => {
+                fail_all(d, report, &remaining, &msg);
+                survivors.extend(remaining);
+                break;
+            }
+        }
+    }
+    Ok(survivors)
+}
+
+fn fail_all(d: &Deleter, report: &mut ApplyReport, ids: &[PathId], msg: &str) {
     for &id in ids {
         report.failed.push(Failure {
-            path: settings.store_dir.join(state.snap.paths.get(id)),
+            path: d.path(id),
             error: msg.to_string(),
         });
     }
-}
-
-/// Whether an expired root may be removed now: it must still be a link
-/// reading what the plan saw, and a generation must not be its profile's
-/// current one.
-fn may_remove(e: &ExpiredRoot, store_dir: &crate::store_path::StoreDir) -> Result<(), String> {
-    let target = match std::fs::read_link(&e.link) {
-        Ok(t) => t,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err("gone already".into()),
-        Err(err) => return Err(format!("cannot read link: {err}")),
-    };
-    if target.as_os_str() != e.points_to.as_str() {
-        return Err(format!(
-            "now points to {} (planned: {})",
-            target.display(),
-            e.points_to
-        ));
-    }
-    if e.kind == ExpiredKind::AutoRoot {
-        // The entry's text is the outer link's path, which a rebuild
-        // (`nix-build -o result` again) keeps: the outer link must still
-        // hold the store path the plan saw, or the user's new build would
-        // lose its root.
-        let now = std::fs::read_link(&e.points_to)
-            .map_err(|err| format!("cannot read {}: {err}", e.points_to))?;
-        let held = now.to_str().and_then(|t| store_dir.store_path_of(t).ok());
-        let planned = store_dir.store_path_of(&e.target).ok();
-        if held.is_none() || held != planned {
-            return Err(format!(
-                "{} now points to {} (planned: {})",
-                e.points_to,
-                now.display(),
-                e.target
-            ));
-        }
-    }
-    if e.kind == ExpiredKind::Generation {
-        let Some(profile) = &e.profile else {
-            return Err("generation without its profile in the plan".into());
-        };
-        let current = std::fs::read_link(profile)
-            .map_err(|err| format!("cannot read profile {profile}: {err}"))?;
-        let current_abs = Path::new(profile)
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(&current);
-        if current_abs == Path::new(&e.link) || current.as_os_str() == e.link.as_str() {
-            return Err("it is the profile's current generation".into());
-        }
-    }
-    Ok(())
 }
 
 /// One apply at a time per store: an exclusive `flock` on
@@ -396,4 +506,19 @@ fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
         });
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins a bug: the dry run's filter ran in real runs too, so a
+    /// `gcroots/auto` entry re-created by `nix-build -o result` between
+    /// removal and the re-scan was ignored and its new build deleted.
+    #[test]
+    fn a_real_run_honours_every_root_found_after_removal() {
+        let dropped = HashSet::from(["/v/gcroots/auto/h".to_string()]);
+        assert!(ignored_links(false, &dropped).is_empty());
+        assert_eq!(ignored_links(true, &dropped), dropped);
+    }
 }

@@ -63,6 +63,33 @@ pub fn parse_failure(stderr: &str) -> DeleteOutcome {
     DeleteOutcome::Failed(last)
 }
 
+/// Bytes one pointer in `argv`/`envp` takes.
+pub const PTR: usize = std::mem::size_of::<usize>();
+
+/// Room kept free under `ARG_MAX` beyond what is counted.
+const ARG_MARGIN: usize = 32 * 1024;
+
+/// The bytes of store-path arguments one `nix-store --delete` call may
+/// take: `sysconf(ARG_MAX)` minus this process's environment, the two
+/// variables [`delete`] adds, the program and `--delete`, and a margin.
+/// Each path then costs its length, a NUL and an `argv` pointer. O(env).
+pub fn arg_budget(nix_store: &Path, settings: &Settings) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    // POSIX guarantees at least 4096; Linux at least 128 KiB.
+    let max = if max > 0 { max as usize } else { 4096 };
+    let env: usize = std::env::vars_os()
+        .map(|(k, v)| k.len() + v.len() + 2 + PTR)
+        .sum();
+    let ours = "NIX_STORE_DIR=".len()
+        + settings.store_dir.as_str().len()
+        + "NIX_STATE_DIR=".len()
+        + settings.state_dir.as_os_str().len()
+        + 2 * (1 + PTR);
+    let fixed = nix_store.as_os_str().len() + "--delete".len() + 2 + 3 * PTR;
+    max.saturating_sub(env + ours + fixed + ARG_MARGIN)
+}
+
 /// `nix-store` from `--nix-store`, else from PATH.
 pub fn find_nix_store(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = flag {
@@ -86,5 +113,20 @@ mod tests {
             parse_failure("error: opening lock file '/x': Permission denied\n\n"),
             DeleteOutcome::Failed("error: opening lock file '/x': Permission denied".into())
         );
+    }
+
+    #[test]
+    fn arg_budget_is_under_arg_max_and_shrinks_with_the_program_path() {
+        let settings = Settings {
+            store_dir: crate::store_path::StoreDir::new("/s/store"),
+            state_dir: PathBuf::from("/s/var"),
+            gc: Default::default(),
+            conf_files: vec![],
+        };
+        let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) } as usize;
+        let short = arg_budget(Path::new("/n"), &settings);
+        let long = arg_budget(Path::new(&format!("/{}", "n".repeat(1000))), &settings);
+        assert!(short < max - ARG_MARGIN, "{short} vs ARG_MAX {max}");
+        assert_eq!(short - long, 999);
     }
 }

@@ -21,6 +21,25 @@ pub fn recheck(graph: &Graph, planned: &[bool], roots: &[PathId]) -> Vec<bool> {
     keep.into_iter().map(|k| !k).collect()
 }
 
+/// Drops from `deletable` every path that `survivors` (planned paths Nix
+/// refused or failed to delete, still on disk) keep: their closure. Returns
+/// the paths dropped that were deletable, survivors included, sorted. One
+/// pass for any number of survivors: O(n + e).
+pub fn drop_kept(graph: &Graph, deletable: &mut [bool], survivors: &[PathId]) -> Vec<PathId> {
+    if survivors.is_empty() {
+        return Vec::new();
+    }
+    let keep = live_set_parallel(graph, survivors);
+    let mut dropped = Vec::new();
+    for (id, k) in keep.into_iter().enumerate() {
+        if k && deletable[id] {
+            deletable[id] = false;
+            dropped.push(id as PathId);
+        }
+    }
+    dropped
+}
+
 /// Cuts the deletable set into batches for `nix-store --delete`, referrers
 /// first: every path comes in the same batch as, or a later batch than,
 /// every deletable path that keeps it, so each batch is closed under
@@ -76,6 +95,16 @@ mod tests {
         let planned = [true, true, true, true];
         // 3 became a root: 2 stays with it.
         assert_eq!(recheck(&g, &planned, &[3]), vec![true, true, false, false]);
+    }
+
+    #[test]
+    fn drop_kept_drops_the_closure_of_the_survivors_only() {
+        // 0 -> 1 -> 2, 3 -> 4; all deletable, 1 survived a refused batch.
+        let g = Graph::from_edges(5, &[(0, 1), (1, 2), (3, 4)]);
+        let mut d = vec![true; 5];
+        assert_eq!(drop_kept(&g, &mut d, &[1]), vec![1, 2]);
+        assert_eq!(d, vec![true, false, false, true, true]);
+        assert!(drop_kept(&g, &mut d, &[]).is_empty());
     }
 
     #[test]

@@ -36,21 +36,27 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         dry_run: args.dry_run,
         nix_store: args.nix_store.clone(),
         load: super::load_options(global),
+        batch_bytes: args.batch_bytes,
         ..ApplyOptions::default()
     };
     let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
     let report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
     bar.0.finish_and_clear();
+    for e in &report.errors {
+        eprintln!("storegc: {e}");
+    }
     let text = match args.format {
         TextOrJson::Text => text(&report),
         TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     super::write_stdout(&text)?;
-    Ok(if report.failed.is_empty() && !report.interrupted {
-        ExitCode::Success
-    } else {
-        ExitCode::Partial
-    })
+    Ok(
+        if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
+            ExitCode::Success
+        } else {
+            ExitCode::Partial
+        },
+    )
 }
 
 fn text(r: &ApplyReport) -> String {
@@ -83,6 +89,12 @@ fn text(r: &ApplyReport) -> String {
         for f in r.failed.iter().take(20) {
             let _ = writeln!(out, "  {}: {}", f.path, f.error);
         }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for e in &r.errors {
+        let _ = writeln!(out, "error (after changes; see above what was done): {e}");
     }
     if r.interrupted {
         let _ = writeln!(out, "interrupted: run apply again to finish");

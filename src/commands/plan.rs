@@ -84,7 +84,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
     let available = policy
         .budget
         .until_free
-        .map(|_| crate::load::available_bytes(settings.store_dir.as_str()));
+        .and_then(|_| crate::load::available_bytes(settings.store_dir.as_str()));
     let now = super::now();
     let decision = policy::evaluate(
         &state.snap,

@@ -65,7 +65,7 @@ pub fn find(store_dir: &StoreDir, dir: &Path) -> Result<Vec<Root>, RootsError> {
 /// state dir, so that links read as `nix-store --gc --print-roots` prints
 /// them. No symlink is resolved. O(len(dir)); reads the working directory
 /// only when `dir` is relative.
-fn canonical_state_dir(dir: &Path) -> PathBuf {
+pub(crate) fn canonical_state_dir(dir: &Path) -> PathBuf {
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     PathBuf::from(OsStr::from_bytes(&canon_path(abs.as_os_str().as_bytes())))
 }

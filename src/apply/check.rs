@@ -159,6 +159,8 @@ mod tests {
             state_dir: PathBuf::from("/s/var"),
             gc: GcSettings::default(),
             conf_files: vec![],
+            ca_derivations: false,
+            warnings: vec![],
         }
     }
 
@@ -172,6 +174,7 @@ mod tests {
             settings: PlanSettings {
                 keep_outputs: false,
                 keep_derivations: true,
+                ca_derivations: false,
                 policy: None,
             },
             roots: vec![],

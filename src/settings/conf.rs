@@ -178,7 +178,9 @@ fn set(name: &str, value: &str, d: &Dialect, st: &mut State) -> Result<(), Strin
 }
 
 fn has_ca(value: &str, d: &Dialect, st: &mut State) -> bool {
-    let listed = value.split([' ', '\t', '\r']).any(|w| w == "ca-derivations");
+    let listed = value
+        .split([' ', '\t', '\r'])
+        .any(|w| w == "ca-derivations");
     if listed && !d.knows_ca {
         st.warn("unknown experimental feature 'ca-derivations'".into());
     }
@@ -207,7 +209,11 @@ mod tests {
 
     #[test]
     fn comments_aliases_and_words() {
-        let st = read("# x\n gc-keep-outputs\t= yes # c\r\nkeep-derivations = 0\n", 0).unwrap();
+        let st = read(
+            "# x\n gc-keep-outputs\t= yes # c\r\nkeep-derivations = 0\n",
+            0,
+        )
+        .unwrap();
         assert!(st.gc.keep_outputs);
         assert!(!st.gc.keep_derivations);
         let st = read("keep-outputs = true\ngc-keep-outputs = no\n", 0).unwrap();
@@ -235,7 +241,12 @@ mod tests {
 
     #[test]
     fn bad_lines_and_booleans_are_errors() {
-        for bad in ["keep-outputs", "keep-outputs true", "keep-outputs = on", "keep-outputs ="] {
+        for bad in [
+            "keep-outputs",
+            "keep-outputs true",
+            "keep-outputs = on",
+            "keep-outputs =",
+        ] {
             assert!(read(bad, 0).is_err(), "{bad}");
         }
         assert!(read("include a b", 0).is_err());
@@ -273,13 +284,29 @@ mod tests {
         std::fs::write(sub.join("b.conf"), "keep-outputs = true\n").unwrap();
         let top = dir.path().join("nix.conf");
         let mut st = State::default();
-        apply("include sub/a.conf", Source::System(&top), &DIALECTS[0], &mut st, 0).unwrap();
+        apply(
+            "include sub/a.conf",
+            Source::System(&top),
+            &DIALECTS[0],
+            &mut st,
+            0,
+        )
+        .unwrap();
         assert!(st.gc.keep_outputs);
         assert_eq!(st.files, [sub.join("a.conf"), sub.join("b.conf")]);
-        let err = apply("include nope.conf", Source::System(&top), &DIALECTS[0], &mut st, 0)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nix.conf:1:") && err.contains("not found"), "{err}");
+        let err = apply(
+            "include nope.conf",
+            Source::System(&top),
+            &DIALECTS[0],
+            &mut st,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("nix.conf:1:") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -288,7 +315,14 @@ mod tests {
         let f = dir.path().join("loop.conf");
         std::fs::write(&f, "include loop.conf\n").unwrap();
         let mut st = State::default();
-        assert!(apply("include loop.conf", Source::System(&f), &DIALECTS[0], &mut st, 0).is_err());
+        assert!(apply(
+            "include loop.conf",
+            Source::System(&f),
+            &DIALECTS[0],
+            &mut st,
+            0
+        )
+        .is_err());
     }
 
     #[test]
@@ -303,10 +337,16 @@ mod tests {
         assert!(st.gc.keep_outputs);
         let mut st = State::default();
         apply("!include ~/k.conf", src, &DIALECTS[3], &mut st, 0).unwrap();
-        assert!(!st.gc.keep_outputs, "Nix reads u/~/k.conf, which is missing");
+        assert!(
+            !st.gc.keep_outputs,
+            "Nix reads u/~/k.conf, which is missing"
+        );
         let sys = Source::System(&user);
         assert!(apply("!include ~/k.conf", sys, &DIALECTS[5], &mut st, 0).is_err());
-        assert!(read("!include /x", 5).is_err(), "Lix: no includes in NIX_CONFIG");
+        assert!(
+            read("!include /x", 5).is_err(),
+            "Lix: no includes in NIX_CONFIG"
+        );
         assert!(read("!include /nonexistent-x", 0).is_ok());
     }
 }

@@ -16,7 +16,9 @@ use super::{Env, SettingsError};
 /// and Lix: only if it does not exist or belongs to the effective user,
 /// and can be stat'ed), else the passwd entry's home. `None`: no home.
 pub fn home(d: &Dialect, env: &Env) -> Option<String> {
-    let from_env = env.var("HOME").filter(|h| !d.home_must_be_owned || owned(h, env.euid));
+    let from_env = env
+        .var("HOME")
+        .filter(|h| !d.home_must_be_owned || owned(h, env.euid));
     from_env
         .map(str::to_string)
         .or_else(|| env.passwd_home.clone())
@@ -109,7 +111,11 @@ mod tests {
         for d in 0..DIALECTS.len() {
             assert_eq!(
                 files(d, &e),
-                ["/h/.config/nix/nix.conf", "/a/nix/nix.conf", "/b/nix/nix.conf"]
+                [
+                    "/h/.config/nix/nix.conf",
+                    "/a/nix/nix.conf",
+                    "/b/nix/nix.conf"
+                ]
             );
         }
         let e = env(&[("HOME", "/h")]);
@@ -134,7 +140,11 @@ mod tests {
 
     #[test]
     fn nix_config_home_only_from_2_25() {
-        let e = env(&[("NIX_CONFIG_HOME", "/n"), ("HOME", "/h"), ("XDG_CONFIG_DIRS", "")]);
+        let e = env(&[
+            ("NIX_CONFIG_HOME", "/n"),
+            ("HOME", "/h"),
+            ("XDG_CONFIG_DIRS", ""),
+        ]);
         assert_eq!(files(1, &e), ["/h/.config/nix/nix.conf"]);
         assert_eq!(files(2, &e), ["/n/nix.conf"]);
         assert_eq!(files(4, &e), ["/h/.config/nix/nix.conf"]);

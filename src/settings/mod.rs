@@ -205,7 +205,9 @@ fn apply_file(
 /// keeps more (true) if any dialect reads it so, with a warning naming the
 /// disagreement. Dialects that refuse the configuration are left out (with
 /// a warning) unless all do. O(dialects).
-fn combine(readings: Vec<(&Dialect, Result<State, SettingsError>)>) -> Result<State, SettingsError> {
+fn combine(
+    readings: Vec<(&Dialect, Result<State, SettingsError>)>,
+) -> Result<State, SettingsError> {
     let (ok, failed): (Vec<_>, Vec<_>) = readings.into_iter().partition(|(_, r)| r.is_ok());
     let ok: Vec<(&Dialect, State)> = ok.into_iter().map(|(d, r)| (d, r.unwrap())).collect();
     let mut warnings = Vec::new();
@@ -220,9 +222,17 @@ fn combine(readings: Vec<(&Dialect, Result<State, SettingsError>)>) -> Result<St
         ));
     }
     let pick = |name: &str, get: &dyn Fn(&State) -> bool, warnings: &mut Vec<String>| {
-        let on: Vec<&str> = ok.iter().filter(|(_, s)| get(s)).map(|(d, _)| d.name).collect();
+        let on: Vec<&str> = ok
+            .iter()
+            .filter(|(_, s)| get(s))
+            .map(|(d, _)| d.name)
+            .collect();
         if !on.is_empty() && on.len() < ok.len() {
-            let off: Vec<&str> = ok.iter().filter(|(_, s)| !get(s)).map(|(d, _)| d.name).collect();
+            let off: Vec<&str> = ok
+                .iter()
+                .filter(|(_, s)| !get(s))
+                .map(|(d, _)| d.name)
+                .collect();
             warnings.push(format!(
                 "Nix versions disagree on {name} ({}: true; {}: false): using {name} = true, which keeps more",
                 on.join(", "),
@@ -233,7 +243,11 @@ fn combine(readings: Vec<(&Dialect, Result<State, SettingsError>)>) -> Result<St
     };
     let gc = GcSettings {
         keep_outputs: pick("keep-outputs", &|s| s.gc.keep_outputs, &mut warnings),
-        keep_derivations: pick("keep-derivations", &|s| s.gc.keep_derivations, &mut warnings),
+        keep_derivations: pick(
+            "keep-derivations",
+            &|s| s.gc.keep_derivations,
+            &mut warnings,
+        ),
     };
     let ca_derivations = pick("ca-derivations", &|s| s.ca_derivations, &mut warnings);
     let mut out = State {
@@ -341,5 +355,108 @@ mod tests {
         .to_string();
         assert!(err.contains(&format!("{}:2:", f.display())), "{err}");
         assert!(err.contains("keep-outputs"), "{err}");
+    }
+    fn resolve(pairs: &[(&str, &str)]) -> Settings {
+        Settings::resolve(&Overrides::default(), &env(pairs)).unwrap()
+    }
+
+    /// Regression: storegc let the last of `NIX_USER_CONF_FILES` win.
+    #[test]
+    fn first_user_conf_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.conf");
+        let b = dir.path().join("b.conf");
+        std::fs::write(&a, "keep-derivations = false\n").unwrap();
+        std::fs::write(&b, "keep-derivations = true\nkeep-outputs = true\n").unwrap();
+        let list = format!("{}:{}", a.display(), b.display());
+        let s = resolve(&[
+            ("NIX_CONF_DIR", "/nonexistent"),
+            ("NIX_USER_CONF_FILES", &list),
+        ]);
+        assert!(!s.gc.keep_derivations);
+        assert!(s.gc.keep_outputs);
+        assert_eq!(s.conf_files, [b, a]);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    /// Regression: the extra- warning reaches the resolved settings.
+    #[test]
+    fn extra_boolean_warning_is_carried_out() {
+        let s = resolve(&[
+            ("NIX_CONF_DIR", "/nonexistent"),
+            ("NIX_USER_CONF_FILES", ""),
+            ("NIX_CONFIG", "extra-keep-derivations = false"),
+        ]);
+        assert!(s.gc.keep_derivations);
+        assert_eq!(s.warnings, ["unknown setting 'extra-keep-derivations'"]);
+    }
+
+    #[test]
+    fn versions_disagreeing_keep_more_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("n");
+        std::fs::create_dir(&n).unwrap();
+        std::fs::write(
+            n.join("nix.conf"),
+            "keep-outputs = true\nexperimental-features = ca-derivations\n",
+        )
+        .unwrap();
+        let s = resolve(&[
+            ("NIX_CONF_DIR", "/nonexistent"),
+            ("HOME", "/nonexistent"),
+            ("XDG_CONFIG_DIRS", ""),
+            ("NIX_CONFIG_HOME", n.to_str().unwrap()),
+        ]);
+        assert!(s.gc.keep_outputs);
+        assert!(s.ca_derivations);
+        let w = s.warnings.join("\n");
+        assert!(
+            w.contains("Nix versions disagree on keep-outputs (Nix 2.25-2.32, Nix 2.33+: true;")
+                && w.contains("using keep-outputs = true, which keeps more"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn a_dialect_that_refuses_is_left_out_with_a_warning() {
+        let s = resolve(&[
+            ("NIX_CONF_DIR", "/nonexistent"),
+            ("NIX_USER_CONF_FILES", ""),
+            (
+                "NIX_CONFIG",
+                "!include /nonexistent.conf\nkeep-outputs = true",
+            ),
+        ]);
+        assert!(s.gc.keep_outputs);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("Lix 2.92-2.93 refuses it")),
+            "{:?}",
+            s.warnings
+        );
+        // Refused by all: an error naming the line.
+        let e = Settings::resolve(
+            &Overrides::default(),
+            &env(&[
+                ("NIX_CONF_DIR", "/nonexistent"),
+                ("NIX_USER_CONF_FILES", ""),
+                ("NIX_CONFIG", "keep-outputs = maybe"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("NIX_CONFIG:1:"), "{e}");
+    }
+
+    #[test]
+    fn empty_store_vars_are_unset_but_nix_store_is_read() {
+        let s = resolve(&[
+            ("NIX_STORE_DIR", ""),
+            ("NIX_STORE", "/o/store"),
+            ("NIX_CONF_DIR", "/nonexistent"),
+            ("NIX_USER_CONF_FILES", ""),
+        ]);
+        assert_eq!(s.store_dir.as_str(), "/o/store");
     }
 }

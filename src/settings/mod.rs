@@ -208,67 +208,78 @@ fn apply_file(
 fn combine(
     readings: Vec<(&Dialect, Result<State, SettingsError>)>,
 ) -> Result<State, SettingsError> {
-    let (ok, failed): (Vec<_>, Vec<_>) = readings.into_iter().partition(|(_, r)| r.is_ok());
-    let ok: Vec<(&Dialect, State)> = ok.into_iter().map(|(d, r)| (d, r.unwrap())).collect();
-    let mut warnings = Vec::new();
-    let mut failed = failed.into_iter().map(|(d, r)| (d, r.unwrap_err()));
-    if ok.is_empty() {
-        return Err(failed.next().expect("at least one dialect").1);
-    }
-    for (d, e) in failed {
-        warnings.push(format!(
-            "Nix versions disagree on the configuration: {} refuses it ({e}); using the other versions' reading",
-            d.name
-        ));
-    }
-    let pick = |name: &str, get: &dyn Fn(&State) -> bool, warnings: &mut Vec<String>| {
-        let on: Vec<&str> = ok
-            .iter()
-            .filter(|(_, s)| get(s))
-            .map(|(d, _)| d.name)
-            .collect();
-        if !on.is_empty() && on.len() < ok.len() {
-            let off: Vec<&str> = ok
-                .iter()
-                .filter(|(_, s)| !get(s))
-                .map(|(d, _)| d.name)
-                .collect();
-            warnings.push(format!(
-                "Nix versions disagree on {name} ({}: true; {}: false): using {name} = true, which keeps more",
-                on.join(", "),
-                off.join(", ")
-            ));
+    let mut ok: Vec<(&Dialect, State)> = Vec::new();
+    let mut failed: Vec<(&Dialect, SettingsError)> = Vec::new();
+    for (d, r) in readings {
+        match r {
+            Ok(s) => ok.push((d, s)),
+            Err(e) => failed.push((d, e)),
         }
-        !on.is_empty()
-    };
-    let gc = GcSettings {
-        keep_outputs: pick("keep-outputs", &|s| s.gc.keep_outputs, &mut warnings),
-        keep_derivations: pick(
-            "keep-derivations",
-            &|s| s.gc.keep_derivations,
-            &mut warnings,
-        ),
-    };
-    let ca_derivations = pick("ca-derivations", &|s| s.ca_derivations, &mut warnings);
+    }
+    if ok.is_empty() {
+        return Err(failed.swap_remove(0).1);
+    }
+    let mut warnings: Vec<String> = failed
+        .iter()
+        .map(|(d, e)| {
+            format!(
+                "Nix versions disagree on the configuration: {} refuses it ({e}); using the other versions' reading",
+                d.name
+            )
+        })
+        .collect();
     let mut out = State {
-        gc,
-        ca_derivations,
+        gc: GcSettings {
+            keep_outputs: keep_more(&ok, "keep-outputs", |s| s.gc.keep_outputs, &mut warnings),
+            keep_derivations: keep_more(
+                &ok,
+                "keep-derivations",
+                |s| s.gc.keep_derivations,
+                &mut warnings,
+            ),
+        },
+        ca_derivations: keep_more(&ok, "ca-derivations", |s| s.ca_derivations, &mut warnings),
         ..State::default()
     };
     for (_, s) in &ok {
-        for f in &s.files {
-            if !out.files.contains(f) {
-                out.files.push(f.clone());
-            }
-        }
-        for w in &s.warnings {
-            if !out.warnings.contains(w) {
-                out.warnings.push(w.clone());
-            }
-        }
+        push_new(&mut out.files, &s.files);
+        push_new(&mut out.warnings, &s.warnings);
     }
     out.warnings.extend(warnings);
     Ok(out)
+}
+
+/// True if any reading says true; a warning when they disagree.
+fn keep_more(
+    ok: &[(&Dialect, State)],
+    name: &str,
+    get: impl Fn(&State) -> bool,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let names = |v: bool| -> Vec<&str> {
+        ok.iter()
+            .filter(|(_, s)| get(s) == v)
+            .map(|(d, _)| d.name)
+            .collect()
+    };
+    let (on, off) = (names(true), names(false));
+    if !on.is_empty() && !off.is_empty() {
+        warnings.push(format!(
+            "Nix versions disagree on {name} ({}: true; {}: false): using {name} = true, which keeps more",
+            on.join(", "),
+            off.join(", ")
+        ));
+    }
+    !on.is_empty()
+}
+
+/// Appends the items of `new` not yet in `list`, in order.
+fn push_new<T: PartialEq + Clone>(list: &mut Vec<T>, new: &[T]) {
+    for x in new {
+        if !list.contains(x) {
+            list.push(x.clone());
+        }
+    }
 }
 
 #[cfg(test)]

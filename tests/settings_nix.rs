@@ -276,3 +276,64 @@ fn random_arrangements_match_nix() {
         run_seed(seed);
     }
 }
+
+/// Regression: `extra-keep-derivations = false` is an unknown setting to
+/// Nix (ignored, with a warning); storegc applied it.
+#[test]
+fn extra_keep_derivations_is_ignored_as_by_nix() {
+    if !common::nix_available("settings_nix") {
+        return;
+    }
+    let store = NixStore::new();
+    let mut rng = Rng::new(7);
+    let graph = Graph::random(&mut rng, 10, "x");
+    let build: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&i| graph.nodes[i].is_derivation())
+        .collect();
+    let real = store.realise_graph(&graph, &build);
+    for (i, n) in real.nodes.iter().enumerate() {
+        if let (Some(_), Some(o)) = (&n.drv, n.outputs.values().next()) {
+            store.add_gcroot_link(&format!("r/{i}"), o);
+        }
+    }
+    store.set_extra_env(&[("NIX_CONFIG", "extra-keep-derivations = false")]);
+    let ((_, nix_kd), nix_warn) = nix_settings(&store);
+    assert!(nix_kd);
+    assert!(
+        nix_warn.contains("unknown setting 'extra-keep-derivations'"),
+        "{nix_warn:?}"
+    );
+    check(&store, "NIX_CONFIG=extra-keep-derivations = false", 7, 0);
+    let plan = store.storegc_plan_json();
+    assert_eq!(plan["settings"]["keep_derivations"], true);
+}
+
+/// A `HOME` not owned by us: Nix 2.8 reads its nix.conf, 2.10+ do not;
+/// storegc keeps more and says so.
+#[test]
+fn unowned_home_keeps_more_with_a_warning() {
+    if !common::nix_available("settings_nix") {
+        return;
+    }
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        common::skip_note("unowned_home_keeps_more_with_a_warning: needs root to chown");
+        return;
+    }
+    let store = NixStore::new();
+    let home = store.root().join("alien");
+    std::fs::create_dir_all(home.join(".config/nix")).unwrap();
+    std::fs::write(home.join(".config/nix/nix.conf"), "keep-outputs = true\n").unwrap();
+    std::os::unix::fs::chown(&home, Some(4242), None).unwrap();
+    let h = home.display().to_string();
+    store.set_extra_env(&[("HOME", &h)]);
+    store.set_env_removed(&["XDG_CONFIG_HOME"]);
+    let ((nix_ko, _), _) = nix_settings(&store);
+    let plan = store.storegc_plan_json();
+    assert_eq!(plan["settings"]["keep_outputs"], true);
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("Nix versions disagree on keep-outputs (Nix 2.8-2.9: true;"),
+        "{warnings}"
+    );
+    eprintln!("unowned HOME: the Nix on PATH reads keep-outputs = {nix_ko}");
+}

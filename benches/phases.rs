@@ -42,6 +42,8 @@ fn store() -> (tempfile::TempDir, Settings) {
         state_dir: st.state_dir.clone(),
         gc: GcSettings::default(),
         conf_files: vec![],
+        ca_derivations: false,
+        warnings: vec![],
     };
     (dir, settings)
 }

@@ -55,6 +55,9 @@ pub struct Plan {
 pub struct PlanSettings {
     pub keep_outputs: bool,
     pub keep_derivations: bool,
+    /// `experimental-features` holds `ca-derivations`.
+    #[serde(default)]
+    pub ca_derivations: bool,
     /// The policy file, if any.
     #[serde(default)]
     pub policy: Option<String>,
@@ -275,7 +278,10 @@ pub struct PlanMeta {
     /// Seconds since the epoch; the caller reads the clock.
     pub now: i64,
     pub gc: GcSettings,
+    pub ca_derivations: bool,
     pub policy: Option<String>,
+    /// Warnings from reading nix.conf; they come first in the plan's.
+    pub settings_warnings: Vec<String>,
 }
 
 impl Plan {
@@ -343,6 +349,7 @@ impl Plan {
             settings: PlanSettings {
                 keep_outputs: meta.gc.keep_outputs,
                 keep_derivations: meta.gc.keep_derivations,
+                ca_derivations: meta.ca_derivations,
                 policy: meta.policy.clone(),
             },
             roots,
@@ -352,7 +359,12 @@ impl Plan {
             kept: decision.kept.into(),
             by_reason: decision.by_reason.into(),
             budget: decision.budget.map(PlanBudget::from),
-            warnings: decision.warnings.clone(),
+            warnings: meta
+                .settings_warnings
+                .iter()
+                .chain(&decision.warnings)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -391,7 +403,9 @@ mod tests {
             state_dir: "/v".into(),
             now: 86_400,
             gc: GcSettings::default(),
+            ca_derivations: false,
             policy: None,
+            settings_warnings: vec!["s".into()],
         };
         let decision = Decision {
             delete: vec![0, 1],

@@ -100,8 +100,10 @@ pub fn text(plan: &Plan, largest: usize) -> String {
         shorten_path(&plan.store_dir, room.max(MIN_HASH))
     ));
     out.line(format!(
-        "settings: keep-outputs = {}, keep-derivations = {}",
-        plan.settings.keep_outputs, plan.settings.keep_derivations
+        "settings: keep-outputs = {}, keep-derivations = {}{}",
+        plan.settings.keep_outputs,
+        plan.settings.keep_derivations,
+        ca_note(plan)
     ));
     if let Some(p) = plan.settings.policy.as_deref() {
         out.line(format!(
@@ -212,16 +214,27 @@ fn largest_rows(plan: &Plan, largest: usize) -> String {
     out
 }
 
+/// `, ca-derivations on` when the plan was made with CA derivations on
+/// (nothing when off, the usual case).
+fn ca_note(plan: &Plan) -> &'static str {
+    if plan.settings.ca_derivations {
+        ", ca-derivations on"
+    } else {
+        ""
+    }
+}
+
 /// `--format markdown`: the text report as tables, for a CI job summary.
 pub fn markdown(plan: &Plan, largest: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## storegc plan for `{}`\n", plan.store_dir);
     let _ = writeln!(
         out,
-        "Made {} with keep-outputs = {}, keep-derivations = {}{}.\n",
+        "Made {} with keep-outputs = {}, keep-derivations = {}{}{}.\n",
         plan.created,
         plan.settings.keep_outputs,
         plan.settings.keep_derivations,
+        ca_note(plan),
         plan.settings
             .policy
             .as_deref()
@@ -643,6 +656,7 @@ mod tests {
             state_dir: state.clone(),
             created: "1970-01-12T13:46:40Z".to_string(),
             settings: PlanSettings {
+                ca_derivations: false,
                 keep_outputs: true,
                 keep_derivations: false,
                 policy: Some(format!("{store}-etc/storegc/{msg}.toml")),

@@ -220,6 +220,8 @@ mod tests {
             state_dir: PathBuf::from("/s/var"),
             gc: GcSettings::default(),
             conf_files: vec![],
+            ca_derivations: false,
+            warnings: vec![],
         }
     }
 
@@ -233,6 +235,7 @@ mod tests {
             settings: PlanSettings {
                 keep_outputs: false,
                 keep_derivations: true,
+                ca_derivations: false,
                 policy: None,
             },
             roots: vec![],

@@ -122,6 +122,8 @@ mod tests {
             state_dir: PathBuf::from("/s/var"),
             gc: Default::default(),
             conf_files: vec![],
+            ca_derivations: false,
+            warnings: vec![],
         };
         let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) } as usize;
         let short = arg_budget(Path::new("/n"), &settings);

@@ -45,7 +45,12 @@ pub fn resolve_settings(global: &GlobalArgs) -> Result<Settings> {
         state_dir: global.state_dir.clone(),
         nix_conf: global.nix_conf.clone(),
     };
-    Ok(Settings::resolve(&overrides, &Env::from_process())?)
+    let settings = Settings::resolve(&overrides, &Env::from_process())?;
+    // As Nix does, on stderr; plans also carry them.
+    for w in &settings.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(settings)
 }
 
 pub fn load_options(global: &GlobalArgs) -> LoadOptions {

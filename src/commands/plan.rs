@@ -126,6 +126,8 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
         state_dir: settings.state_dir.display().to_string(),
         now,
         gc: settings.gc,
+        ca_derivations: settings.ca_derivations,
+        settings_warnings: settings.warnings.clone(),
         policy: (!policy.file.as_os_str().is_empty()).then(|| policy.file.display().to_string()),
     };
     let _s = tracing::info_span!("plan").entered();
@@ -238,6 +240,8 @@ pub fn demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode> {
         state_dir: store.state_dir.clone(),
         gc: Default::default(),
         conf_files: vec![],
+        ca_derivations: false,
+        warnings: vec![],
     };
     let mut policy_args = args.policy.clone();
     if policy_args.policy.is_none() {

@@ -421,6 +421,7 @@ pub struct NixStore {
     holder: OnceCell<String>,
     counter: std::cell::Cell<u32>,
     extra_env: std::cell::RefCell<Vec<(String, String)>>,
+    removed_env: std::cell::RefCell<Vec<String>>,
 }
 
 impl Default for NixStore {
@@ -452,6 +453,7 @@ impl NixStore {
             holder: OnceCell::new(),
             counter: std::cell::Cell::new(0),
             extra_env: std::cell::RefCell::new(Vec::new()),
+            removed_env: std::cell::RefCell::new(Vec::new()),
         };
         for d in ["etc", "home/.config", "xdg", "tmp", "inputs"] {
             std::fs::create_dir_all(store.root.join(d)).expect("creating harness folders");
@@ -546,7 +548,17 @@ impl NixStore {
             cmd.env_remove(v);
         }
         cmd.envs(self.extra_env.borrow().iter().map(|(k, v)| (k, v)));
+        for v in self.removed_env.borrow().iter() {
+            cmd.env_remove(v);
+        }
         cmd
+    }
+
+    /// Variables of `env()` (e.g. `HOME`, `XDG_CONFIG_HOME`) to unset for
+    /// every later command, Nix and storegc alike; replaces the previous
+    /// list. Applied after `set_extra_env`.
+    pub fn set_env_removed(&self, vars: &[&str]) {
+        *self.removed_env.borrow_mut() = vars.iter().map(|v| v.to_string()).collect();
     }
 
     /// Extra environment variables for every later command (Nix and
@@ -1567,6 +1579,7 @@ impl NixStore {
             holder: OnceCell::new(),
             counter: std::cell::Cell::new(0),
             extra_env: std::cell::RefCell::new(Vec::new()),
+            removed_env: std::cell::RefCell::new(Vec::new()),
         };
         for d in ["home/.config", "xdg", "tmp", "inputs"] {
             std::fs::create_dir_all(store.root.join(d)).expect("creating harness folders");

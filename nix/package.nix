@@ -60,7 +60,8 @@ rustPlatform.buildRustPackage {
         --zsh <("$out/bin/storegc" completions zsh) \
         --fish <("$out/bin/storegc" completions fish)
       "$out/bin/storegc" man > storegc.1
-      installManPage storegc.1
+      "$out/bin/storegc" man policy > storegc-policy.5
+      installManPage storegc.1 storegc-policy.5
     ''
     + ''
       install -Dm444 -t "$out/share/storegc/policies" policies/*.toml

@@ -20,6 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The store directory [default: $NIX_STORE_DIR, else /nix/store]
     #[arg(long, global = true, value_name = "DIR")]
@@ -64,8 +65,24 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Print a shell completion script to stdout
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to stdout
-    Man,
+    /// Print a man page (roff) to stdout: storegc(1), or with `policy`
+    /// the policy file format, storegc-policy(5)
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Which page
+    #[arg(value_enum, default_value_t = ManPage::Storegc)]
+    pub page: ManPage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManPage {
+    /// storegc(1): the commands and their options
+    Storegc,
+    /// storegc-policy(5): the policy file
+    Policy,
 }
 
 #[derive(Debug, Args)]
@@ -99,15 +116,18 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
     pub until_free: Option<u64>,
     /// Which deletable paths the budget takes first
-    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    #[arg(long, value_name = "ORDER", value_parser = order_parser())]
     pub order: Option<crate::policy::Order>,
     /// Only delete paths registered at least this long ago
     #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
     pub older_than: Option<std::time::Duration>,
 }
 
-fn parse_order(s: &str) -> Result<crate::policy::Order, String> {
-    s.parse::<crate::policy::Order>().map_err(|e| e.to_string())
+/// `oldest-first` or `largest-first`, listed in `--help`.
+fn order_parser() -> impl clap::builder::TypedValueParser<Value = crate::policy::Order> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["oldest-first", "largest-first"])
+        .try_map(|s| s.parse::<crate::policy::Order>())
 }
 
 #[derive(Debug, Args)]
@@ -162,8 +182,8 @@ pub struct PlanArgs {
     /// Also write the JSON plan to this file (for `storegc apply`)
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// When there is no Nix store database, plan on a generated demo store
-    /// instead (as `storegc demo`) rather than failing
+    /// When there is no Nix store database, or an empty one, plan on a
+    /// generated demo store instead (as `storegc demo`) rather than failing
     #[arg(long)]
     pub demo_if_no_store: bool,
 }
@@ -207,6 +227,32 @@ pub struct DemoArgs {
     pub format: PlanFormat,
 }
 
+/// The command line as the binary, its help, completions and man page see
+/// it: the derived definition with the global options propagated, less
+/// those that mean nothing to `demo` (it makes its own store), and with
+/// `--policy` described for `explain`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd.mut_subcommand("demo", |demo| {
+        demo.mut_arg("store_dir", |a| a.hide(true))
+            .mut_arg("state_dir", |a| a.hide(true))
+    })
+    .mut_subcommand("explain", |explain| {
+        explain.mut_arg("policy", |a| {
+            a.help("Explain against this policy file: whether the path is protected, selected, or kept by the budget [default: no policy, Nix's liveness only]")
+        })
+    })
+}
+
+/// Parses the process's arguments with [`command`]; exits as clap does on
+/// bad usage, `--help` and `--version`.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 /// Parses `5s`, `14d`, `2h 30m` with humantime.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
@@ -220,6 +266,37 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    fn help_of(sub: &str) -> String {
+        let mut cmd = command();
+        cmd.find_subcommand_mut(sub)
+            .unwrap()
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn help_puts_own_options_first_and_lists_values() {
+        let plan = help_of("plan");
+        let own = plan.find("--policy").unwrap();
+        let global = plan.find("Global options:").unwrap();
+        assert!(
+            own < global && global < plan.find("--store-dir").unwrap(),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("oldest-first") && plan.contains("largest-first"),
+            "{plan}"
+        );
+        assert!(plan.contains("or an empty one"), "{plan}");
+        let demo = help_of("demo");
+        assert!(
+            !demo.contains("--store-dir") && !demo.contains("--state-dir"),
+            "{demo}"
+        );
+        assert!(help_of("explain").contains("Explain against this policy"));
     }
 
     #[test]

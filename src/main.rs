@@ -1,9 +1,7 @@
 //! The `storegc` binary: parse, run, map the outcome to an exit code.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = storegc::cli::Cli::parse();
+    let cli = storegc::cli::parse();
     match storegc::commands::run(cli) {
         Ok(code) => code.into(),
         Err(err) => {

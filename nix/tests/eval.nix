@@ -301,7 +301,7 @@ let
     (check "package lock file" (pathExists pkg.cargoLock.lockFile))
     (check "package generates completions and the man page" (
       lib.fileset.unions [ ../../Cargo.toml ] != [ ]
-      && builtins.match ".*completions bash.*completions zsh.*completions fish.*storegc\" man.*" pkg.postInstall != null
+      && builtins.match ".*completions bash.*completions zsh.*completions fish.*storegc\" man > storegc.1.*storegc\" man policy > storegc-policy.5.*installManPage storegc.1 storegc-policy.5.*" pkg.postInstall != null
     ))
   ];
 in

@@ -4,12 +4,11 @@
 //! both at install time; both write to stdout only.
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 
-use crate::cli::{Cli, CompletionsArgs};
+use crate::cli::{CompletionsArgs, ManArgs, ManPage};
 use crate::exit::ExitCode;
 
 /// The name the completion scripts and the man page are written for.
@@ -20,14 +19,18 @@ pub fn completions(args: &CompletionsArgs) -> Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-pub fn man() -> Result<ExitCode> {
-    super::write_stdout(&man_page()?)?;
+pub fn man(args: &ManArgs) -> Result<ExitCode> {
+    let page = match args.page {
+        ManPage::Storegc => man_page()?,
+        ManPage::Policy => crate::policy::reference::man_page(),
+    };
+    super::write_stdout(&page)?;
     Ok(ExitCode::Success)
 }
 
 /// The completion script for `shell`, for the binary named `storegc`.
 pub fn completion_script(shell: Shell) -> Result<String> {
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN, &mut out);
     String::from_utf8(out).context("completion script is not UTF-8")
@@ -43,7 +46,7 @@ const APOSTROPHE_PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
 /// page, since `storegc man` prints one page. Deterministic: no date, so
 /// the package's output does not depend on the build time.
 pub fn man_page() -> Result<String> {
-    let mut cmd = Cli::command().disable_help_subcommand(true);
+    let mut cmd = crate::cli::command().disable_help_subcommand(true);
     cmd.build();
     let man = Man::new(cmd.clone()).manual("storegc manual");
     let mut page = String::new();
@@ -207,7 +210,7 @@ mod tests {
     use super::*;
 
     fn subcommand_names() -> Vec<String> {
-        Cli::command()
+        crate::cli::command()
             .get_subcommands()
             .map(|s| s.get_name().to_string())
             .collect()

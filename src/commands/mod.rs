@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => plan::demo(&cli.global, args),
         Command::Policy(PolicyCommand::Check { file }) => plan::check(file),
         Command::Completions(args) => generate::completions(args),
-        Command::Man => generate::man(),
+        Command::Man(args) => generate::man(args),
     }
 }
 

@@ -210,6 +210,11 @@ fn write_plan_file(plan: &Plan, out: &Path) -> Result<()> {
 /// a CI runner: system generations, CI results, substituted and local
 /// paths) in a temporary folder, or in `--keep DIR`, and plans on it.
 pub fn demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode> {
+    if global.store_dir.is_some() || global.state_dir.is_some() {
+        anyhow::bail!(
+            "demo makes a store of its own: --store-dir and --state-dir do not apply (use plan)"
+        );
+    }
     let tmp;
     let root = match &args.keep {
         Some(dir) => dir.clone(),

@@ -23,6 +23,7 @@ pub mod budget;
 pub mod eval;
 pub mod file;
 pub mod inputs;
+pub mod reference;
 pub mod units;
 
 use std::fmt;

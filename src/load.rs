@@ -19,6 +19,10 @@ pub enum LoadError {
     Db(#[from] DbError),
     #[error(transparent)]
     Roots(#[from] RootsError),
+    /// The store directory is not there: a wrong `--store-dir` or
+    /// `NIX_STORE_DIR`, said before the database is blamed for it.
+    #[error("{0}: store directory does not exist (check --store-dir or NIX_STORE_DIR)")]
+    NoStoreDir(PathBuf),
 }
 
 /// The store as read at one moment.
@@ -80,6 +84,10 @@ impl Default for LoadOptions {
 /// fails before any scanning.
 pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadError> {
     db::check_schema(&settings.state_dir)?;
+    let store_dir = PathBuf::from(settings.store_dir.to_string());
+    if !store_dir.is_dir() {
+        return Err(LoadError::NoStoreDir(store_dir));
+    }
     let sources = RootSources {
         store_dir: settings.store_dir.clone(),
         state_dir: settings.state_dir.clone(),

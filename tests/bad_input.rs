@@ -215,3 +215,46 @@ fn unreadable_state_dir() {
         expect_bad_input(s.storegc(args), &db_dir, &db_dir);
     }
 }
+
+/// Regression: a store dir that does not exist was blamed on the database
+/// ("path … is not a store path under …").
+#[test]
+fn missing_store_dir() {
+    let Some(s) = store("missing_store_dir") else {
+        return;
+    };
+    let missing = s.root().join("no-such-store");
+    for args in COMMANDS {
+        let mut cmd = s.storegc(args);
+        cmd.env("NIX_STORE_DIR", &missing);
+        expect_bad_input(cmd, &missing, s.root());
+        let out = s
+            .storegc(args)
+            .env("NIX_STORE_DIR", &missing)
+            .output()
+            .expect("storegc");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("store directory does not exist"), "{err}");
+    }
+}
+
+/// Regression: the OS error of an unreadable policy file was printed twice
+/// ("(No such file or directory (os error 2)): No such file or directory").
+#[test]
+fn missing_policy_file_names_the_os_error_once() {
+    let Some(s) = store("missing_policy_file_names_the_os_error_once") else {
+        return;
+    };
+    let policy = s.root().join("no-such-policy.toml");
+    let mut cmd = s.storegc(&["plan"]);
+    cmd.arg("--policy").arg(&policy);
+    expect_bad_input(cmd, &policy, s.root());
+    let out = s
+        .storegc(&["plan"])
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("storegc");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}

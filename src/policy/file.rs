@@ -482,12 +482,12 @@ struct RawBudget {
 
 /// Reads and parses a policy file.
 pub fn load_policy(file: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+    let text = std::fs::read_to_string(file).map_err(|io| PolicyError::Read {
         file: file.to_path_buf(),
         line: 0,
         key: String::new(),
         path: file.to_path_buf(),
-        source,
+        io,
     })?;
     parse_policy(&text, file)
 }

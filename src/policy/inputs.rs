@@ -84,12 +84,12 @@ pub fn gather(
 
     for list in &policy.protect.closure_lists {
         let path = policy_dir.join(&list.value);
-        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+        let text = std::fs::read_to_string(&path).map_err(|io| PolicyError::Read {
             file: policy.file.clone(),
             line: list.line,
             key: "protect.closure-lists".into(),
             path: path.clone(),
-            source,
+            io,
         })?;
         for (i, raw) in text.lines().enumerate() {
             let entry = raw.split('#').next().unwrap_or("").trim();

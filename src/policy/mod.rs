@@ -55,14 +55,15 @@ pub enum PolicyError {
     },
     /// A file cannot be read: the policy itself (`line` 0, empty `key`) or a
     /// closure list (`file`/`line` where the policy names it).
-    #[error("{}cannot read '{}' ({source})", Location { file, line: *line, key }, path.display())]
+    /// The I/O error is part of the message, not a `source`, so that
+    /// `{:#}` prints it once.
+    #[error("{}cannot read '{}' ({io})", Location { file, line: *line, key }, path.display())]
     Read {
         file: PathBuf,
         line: usize,
         key: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        io: std::io::Error,
     },
 }
 

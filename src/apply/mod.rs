@@ -247,24 +247,31 @@ pub fn apply(
             }
             match outcome {
                 DeleteOutcome::Done => break,
-                DeleteOutcome::Alive(path) => {
-                    tracing::warn!(%path, "nix-store refused: still alive; keeping it and what it keeps");
-                    let id = settings
-                        .store_dir
-                        .store_path_of(&path)
-                        .ok()
-                        .and_then(|b| state.snap.paths.lookup(b));
-                    let Some(id) = id.filter(|&id| deletable[id as usize]) else {
+                DeleteOutcome::Alive(paths) => {
+                    tracing::warn!(
+                        ?paths,
+                        "nix-store refused: still alive; keeping them and what they keep"
+                    );
+                    let ids: Vec<PathId> = paths
+                        .iter()
+                        .filter_map(|p| {
+                            // Lix names basenames, Nix full paths.
+                            let b = settings.store_dir.store_path_of(p).unwrap_or(p.as_str());
+                            state.snap.paths.lookup(b)
+                        })
+                        .filter(|&id| deletable[id as usize])
+                        .collect();
+                    if ids.is_empty() {
                         fail_all(
                             &mut report,
                             &remaining,
                             &state,
                             settings,
-                            &format!("nix-store refused {path}"),
+                            &format!("nix-store refused {}", paths.join(" ")),
                         );
                         break;
-                    };
-                    let keep = live_set_sequential(&state.graph, &[id]);
+                    }
+                    let keep = live_set_sequential(&state.graph, &ids);
                     for (v, k) in keep.iter().enumerate() {
                         if *k && deletable[v] {
                             deletable[v] = false;

@@ -65,12 +65,19 @@ pub fn parse_failure(stderr: &str) -> DeleteOutcome {
     if !alive.is_empty() {
         return DeleteOutcome::Alive(alive);
     }
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+    // Nix prints its summary ("0 store paths deleted, ...") after the
+    // error: the last "error:" line says why, else the last line.
+    let lines = || {
+        stderr
+            .lines()
+            .rev()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+    };
+    let last = lines()
+        .find(|l| l.starts_with("error:"))
+        .or_else(|| lines().next())
         .unwrap_or("nix-store failed without a message")
-        .trim()
         .to_string();
     DeleteOutcome::Failed(last)
 }
@@ -146,6 +153,19 @@ mod tests {
         assert_eq!(
             parse_failure("error: opening lock file '/x': Permission denied\n\n"),
             DeleteOutcome::Failed("error: opening lock file '/x': Permission denied".into())
+        );
+    }
+
+    #[test]
+    fn the_error_line_wins_over_the_summary_after_it() {
+        let e = "finding garbage collector roots...\nerror: path '/tmp/x' is not in the Nix store\n0 store paths deleted, 0.00 MiB freed\n";
+        assert_eq!(
+            parse_failure(e),
+            DeleteOutcome::Failed("error: path '/tmp/x' is not in the Nix store".into())
+        );
+        assert_eq!(
+            parse_failure("killed\n"),
+            DeleteOutcome::Failed("killed".into())
         );
     }
 

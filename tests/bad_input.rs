@@ -190,29 +190,110 @@ fn locked_database() {
         .expect("releasing the lock");
 }
 
+/// `storegc ARGS` on `s` as a user who cannot read past a mode-000
+/// folder: the current one, or, when the tests run as root (CI does; root
+/// reads everything), `nobody` through `setpriv`. For that the store tree
+/// is opened to others (a+rX) and the binary copied into it, so nothing
+/// on the way to it needs to be readable by `nobody`.
+fn storegc_unprivileged(s: &NixStore, args: &[&str]) -> Command {
+    let cmd = s.storegc(args);
+    if unsafe { libc::geteuid() } != 0 {
+        return cmd;
+    }
+    let bin = s.root().join("storegc-unprivileged");
+    if !bin.exists() {
+        std::fs::copy(common::storegc_bin(), &bin).expect("copying storegc");
+    }
+    common::run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(s.root()));
+    // SQLite opens Nix's WAL-mode database read-only only where it may
+    // create the `-shm` file next to it (SQLITE_READONLY_DIRECTORY
+    // otherwise): see the db folder's mode on a real multi-user store.
+    let db_dir = s.state_dir.join("db");
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut outer = Command::new("setpriv");
+    outer
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer.stdin(std::process::Stdio::null());
+    outer
+}
+
+/// Gives a folder its mode back, even when an assertion fails, so the
+/// store can be removed.
+struct Restore<'a>(&'a Path);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// Makes `dir` unreadable (mode 000) until the guard drops.
+fn lock_out(dir: &Path) -> Restore<'_> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    Restore(dir)
+}
+
 #[test]
 fn unreadable_state_dir() {
-    // Root reads everything, so only meaningful for other users.
-    if unsafe { libc::geteuid() } == 0 {
-        common::skip_note("unreadable_state_dir: running as root, who reads everything");
-        return;
-    }
     let Some(s) = store("unreadable_state_dir") else {
         return;
     };
     let db_dir = s.state_dir.join("db");
-    /// Gives the folder its mode back, even when an assertion fails, so
-    /// the store can be removed.
-    struct Restore<'a>(&'a Path);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(0o755));
-        }
-    }
-    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let _restore = Restore(&db_dir);
     for args in COMMANDS {
-        expect_bad_input(s.storegc(args), &db_dir, &db_dir);
+        let cmd = storegc_unprivileged(&s, args);
+        let _restore = lock_out(&db_dir);
+        expect_bad_input(cmd, &db_dir, &db_dir);
+    }
+}
+
+/// A folder under gcroots that cannot be read may hold roots: refusing to
+/// plan is the only safe answer (Nix, as root, would read it).
+#[test]
+fn unreadable_gcroots_folder() {
+    let Some(s) = store("unreadable_gcroots_folder") else {
+        return;
+    };
+    let p = s.add_text("rooted", "rooted\n");
+    let locked = s.gcroots_dir().join("locked");
+    std::fs::create_dir_all(&locked).expect("mkdir");
+    s.symlink(&locked.join("r"), &p);
+    for args in COMMANDS {
+        let cmd = storegc_unprivileged(&s, args);
+        let _restore = lock_out(&locked);
+        // Only the roots: as `nobody`, SQLite leaves its -wal/-shm files.
+        expect_bad_input(cmd, &locked, &s.gcroots_dir());
+    }
+}
+
+/// An indirect root whose target sits in a folder that cannot be read:
+/// Nix ignores the EACCES and so may delete what the link holds; storegc
+/// refuses, naming the target.
+#[test]
+fn unreadable_indirect_root_target() {
+    let Some(s) = store("unreadable_indirect_root_target") else {
+        return;
+    };
+    let p = s.add_text("result-of-build", "built\n");
+    let private = s.root().join("home/private");
+    std::fs::create_dir_all(&private).expect("mkdir");
+    let result = private.join("result");
+    s.symlink(&result, &p);
+    s.add_gcroot_link("auto/p", &result);
+    for args in COMMANDS {
+        let cmd = storegc_unprivileged(&s, args);
+        let _restore = lock_out(&private);
+        expect_bad_input(cmd, &result, &s.gcroots_dir());
     }
 }
 

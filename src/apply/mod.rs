@@ -435,21 +435,24 @@ fn delete_batch(
                 survivors.extend(remaining);
                 break;
             }
-            DeleteOutcome::Alive(path) => {
-                tracing::warn!(%path, "nix-store refused: still alive; keeping it and what it keeps");
-                let id = d
-                    .settings
-                    .store_dir
-                    .store_path_of(&path)
-                    .ok()
-                    .and_then(|b| snap.paths.lookup(b))
-                    .filter(|&id| deletable[id as usize] && remaining.contains(&id));
-                let Some(id) = id else {
-                    fail_all(d, report, &remaining, &format!("nix-store refused {path}"));
+            DeleteOutcome::Alive(paths) => {
+                tracing::warn!(?paths, "nix-store refused: still alive; keeping them and what they keep");
+                let ids: Vec<PathId> = paths
+                    .iter()
+                    .filter_map(|p| {
+                        // Lix names basenames, Nix full paths.
+                        let b = d.settings.store_dir.store_path_of(p).unwrap_or(p.as_str());
+                        snap.paths.lookup(b)
+                    })
+                    .filter(|&id| deletable[id as usize] && remaining.contains(&id))
+                    .collect();
+                if ids.is_empty() {
+                    let msg = format!("nix-store refused {}", paths.join(" "));
+                    fail_all(d, report, &remaining, &msg);
                     survivors.extend(remaining);
                     break;
-                };
-                for v in order::drop_kept(&d.state.graph, deletable, &[id]) {
+                }
+                for v in order::drop_kept(&d.state.graph, deletable, &ids) {
                     report.skipped_live.push(d.path(v));
                 }
                 todo = remaining

@@ -428,7 +428,9 @@ mod tests {
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         let res = find(&f.store, &f.state);
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
-        // root bypasses permissions: nothing to check then.
+        // root bypasses permissions: nothing to check then; the same case
+        // runs as `nobody` through the binary in tests/bad_input.rs
+        // (unreadable_gcroots_folder).
         if unsafe { libc::geteuid() } == 0 {
             return;
         }
@@ -449,6 +451,8 @@ mod tests {
         fs::set_permissions(&private, fs::Permissions::from_mode(0o000)).unwrap();
         let res = find(&f.store, &f.state);
         fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).unwrap();
+        // As root (which reads it): tests/bad_input.rs runs this case as
+        // `nobody` (unreadable_indirect_root_target).
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(res.unwrap().len(), 1);
             return;

@@ -55,9 +55,64 @@ pub fn storegc_bin() -> &'static Path {
 // Skipping when Nix is missing
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    std::env::split_paths(&search_path()).any(|d| d.join(program).is_file())
+}
+
+/// The folder holding the Nix under test (`nix-store`, `nix-build`, ...);
+/// unset or empty means the Nix on PATH. tests/run.sh sets it to run the
+/// suite against a second Nix.
+pub const NIX_BIN_VAR: &str = "STOREGC_NIX_BIN";
+
+/// `$STOREGC_NIX_BIN`, when set and not empty.
+pub fn nix_bin_dir() -> Option<PathBuf> {
+    std::env::var_os(NIX_BIN_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// PATH with the Nix under test first: every command the harness starts
+/// (Nix and storegc alike) gets it.
+pub fn search_path() -> OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match nix_bin_dir() {
+        None => path,
+        Some(bin) => std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+            .expect("STOREGC_NIX_BIN or PATH holds a ':'"),
+    }
+}
+
+/// The version of the Nix under test, (major, minor), from `nix-store
+/// --version` ("nix-store (Nix) 2.26.3") run in a throw-away store (even
+/// `--version` opens the store). For the few places where Nix versions
+/// legitimately differ.
+pub fn nix_version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let t = tempfile::tempdir().expect("creating a temp dir");
+        std::fs::create_dir_all(t.path().join("etc")).expect("creating a temp dir");
+        let v = |p: &str| t.path().join(p);
+        let out = run_ok(
+            Command::new("nix-store")
+                .arg("--version")
+                .env("PATH", search_path())
+                .env("NIX_STORE_DIR", v("nix/store"))
+                .env("NIX_STATE_DIR", v("nix/var/nix"))
+                .env("NIX_LOG_DIR", v("nix/var/log/nix"))
+                .env("NIX_CONF_DIR", v("etc"))
+                .env("NIX_REMOTE", "")
+                .env("HOME", t.path()),
+        );
+        parse_nix_version(&out).unwrap_or_else(|| panic!("no version in {out:?}"))
+    })
+}
+
+/// (major, minor) from "nix-store (Nix) 2.26.3".
+fn parse_nix_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().last()?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// What is missing for the Nix tests to run, if anything.
@@ -537,6 +592,7 @@ impl NixStore {
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(&self.root).envs(self.env());
+        cmd.env("PATH", search_path());
         for v in [
             "NIX_CONFIG",
             "NIX_USER_CONF_FILES",

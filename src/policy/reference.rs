@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn man_page_names_every_key() {
         let page = man_page();
-        assert!(page.starts_with(".TH storegc-policy 5"), "{page}");
+        assert!(page.contains("\n.TH storegc-policy 5 "), "{page}");
         for k in KEYS {
             assert!(page.contains(&k.key.replace('-', "\\-")), "{}", k.key);
         }

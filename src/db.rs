@@ -35,6 +35,8 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("{db}: Refs holds id {id}, outside the range storegc reads (0 to 4294967294)")]
+    IdRange { db: PathBuf, id: i64 },
     #[error("{db}: path '{path}' is not a store path under {store_dir} (wrong --store-dir?)")]
     ForeignPath {
         db: PathBuf,
@@ -366,19 +368,99 @@ fn read_parallel(
     read_snapshot_from(&a, &path, store_dir, derivation_outputs)
 }
 
+/// Database ids (`ValidPaths.id`) to dense ids, sized by the number of
+/// rows, not by the highest id: `ValidPaths.id` only grows, so a host with
+/// years of churn has a few hundred thousand paths with ids in the hundreds
+/// of millions.
+///
+/// The ids are kept sorted with their dense ids beside them, plus a bucket
+/// index on the high bits: bucket `k` holds the ids in
+/// `[k << shift, (k + 1) << shift)`, and `shift` is chosen so there are at
+/// most about two buckets a row. A lookup reads one bucket's bounds and
+/// scans the (on average fewer than two) ids in it; a store whose ids
+/// cluster unevenly costs at most a binary search inside a bucket.
+/// Memory: 16 bytes a row for the pairs plus at most 8 bytes a row for
+/// the buckets.
+#[derive(Debug, Default)]
+pub struct IdIndex {
+    /// `(database id, dense id)`, sorted by database id, ids unique.
+    pairs: Vec<(i64, PathId)>,
+    /// `bucket[k]..bucket[k + 1]` is the range of `pairs` in bucket `k`.
+    bucket: Vec<u32>,
+    shift: u32,
+}
+
+impl IdIndex {
+    /// Builds the index from `(database id, dense id)` pairs (any order;
+    /// ids must be unique, as `ValidPaths.id` is the primary key).
+    /// O(n log n) when unsorted, O(n) when sorted (the scan order).
+    pub fn new(mut pairs: Vec<(i64, PathId)>) -> IdIndex {
+        if !pairs.is_sorted_by_key(|p| p.0) {
+            pairs.sort_unstable_by_key(|p| p.0);
+        }
+        let max = pairs.last().map_or(0, |p| p.0.max(0) as u64);
+        let want = (2 * pairs.len() as u64).max(1);
+        let mut shift = 0;
+        while (max >> shift) >= want {
+            shift += 1;
+        }
+        let buckets = (max >> shift) as usize + 1;
+        let mut bucket = vec![0u32; buckets + 1];
+        for &(id, _) in &pairs {
+            if id >= 0 {
+                bucket[((id as u64) >> shift) as usize + 1] += 1;
+            }
+        }
+        // Negative ids (never seen) sort first and stay before bucket 0.
+        bucket[0] = pairs.iter().take_while(|p| p.0 < 0).count() as u32;
+        for k in 0..buckets {
+            bucket[k + 1] += bucket[k];
+        }
+        IdIndex {
+            pairs,
+            bucket,
+            shift,
+        }
+    }
+
+    /// The dense id of a database id, or [`NO_PATH`] when no row has it.
+    pub fn dense(&self, id: i64) -> PathId {
+        let range = if id < 0 {
+            0..self.bucket[0] as usize
+        } else {
+            let k = ((id as u64) >> self.shift) as usize;
+            match (self.bucket.get(k), self.bucket.get(k + 1)) {
+                (Some(&a), Some(&b)) => a as usize..b as usize,
+                _ => return NO_PATH,
+            }
+        };
+        let slice = &self.pairs[range];
+        if slice.len() <= 4 {
+            slice.iter().find(|p| p.0 == id).map_or(NO_PATH, |p| p.1)
+        } else {
+            slice
+                .binary_search_by_key(&id, |p| p.0)
+                .map_or(NO_PATH, |i| slice[i].1)
+        }
+    }
+
+    /// Bytes held (for the memory test).
+    pub fn heap_bytes(&self) -> usize {
+        self.pairs.capacity() * std::mem::size_of::<(i64, PathId)>()
+            + self.bucket.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
 /// The `ValidPaths` half of a snapshot, before references are attached.
 struct PathsPart {
     snap: Snapshot,
     /// Database id to dense id.
-    db_to_dense: Vec<PathId>,
+    ids: IdIndex,
 }
 
 impl PathsPart {
     fn dense(&self, id: i64) -> PathId {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| self.db_to_dense.get(i).copied())
-            .unwrap_or(NO_PATH)
+        self.ids.dense(id)
     }
 
     /// Attaches the references (database ids) as compressed rows. O(n + e).
@@ -455,20 +537,11 @@ impl Reader<'_> {
     /// Every `ValidPaths` row, in database id order. One scan; the name
     /// arena, flat vectors, and derivers resolved through the hash index.
     fn paths(&self, conn: &Connection) -> Result<PathsPart, DbError> {
-        let max_id: i64 = conn
-            .query_row("SELECT coalesce(max(id), 0) FROM ValidPaths", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.sql(e))?;
-        let cap = max_id.max(0) as usize;
         let mut s = Snapshot::default();
-        s.nar_size.reserve(cap);
-        s.registration_time.reserve(cap);
-        s.origin.reserve(cap);
-        let mut db_to_dense = vec![NO_PATH; cap + 1];
+        let mut ids: Vec<(i64, PathId)> = Vec::new();
         // Deriver basenames, resolved once every path has an id.
         let mut deriver_names = PathTable::default();
-        let mut deriver_of: Vec<u32> = Vec::with_capacity(cap);
+        let mut deriver_of: Vec<u32> = Vec::new();
         let mut stmt = conn
             .prepare(
                 "SELECT id, path, registrationTime, deriver, narSize, ultimate, \
@@ -486,11 +559,10 @@ impl Reader<'_> {
                 .store_dir
                 .store_path_of(full)
                 .map_err(|_| self.foreign(full))?;
-            if base.len() + self.store_dir.as_str().len() + 1 != full.len() || id < 0 || id > max_id
-            {
+            if base.len() + self.store_dir.as_str().len() + 1 != full.len() {
                 return Err(self.foreign(full));
             }
-            db_to_dense[id as usize] = s.paths.push(base);
+            ids.push((id, s.paths.push(base)));
             s.registration_time.push(self.int(row, 2)?.unwrap_or(0));
             let deriver = row
                 .get_ref_unwrap(3)
@@ -523,7 +595,7 @@ impl Reader<'_> {
             .collect();
         Ok(PathsPart {
             snap: s,
-            db_to_dense,
+            ids: IdIndex::new(ids),
         })
     }
 
@@ -534,11 +606,21 @@ impl Reader<'_> {
             .prepare("SELECT referrer, reference FROM Refs")
             .map_err(|e| self.sql(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
-        // An id that does not fit (never seen: ids count up from 1) maps
-        // to no path, like a dangling one.
-        let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(u32::MAX);
+        // Ids are kept in 32 bits (4 billion registrations is far beyond
+        // any store). One that does not fit is refused rather than dropped:
+        // a dropped reference could let a live path be deleted.
+        let id = |v: Option<i64>| match v {
+            Some(v) => u32::try_from(v)
+                .ok()
+                .filter(|&v| v != u32::MAX)
+                .ok_or_else(|| DbError::IdRange {
+                    db: self.db.to_path_buf(),
+                    id: v,
+                }),
+            None => Ok(u32::MAX),
+        };
         while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
-            refs.push((id(self.int(row, 0)?), id(self.int(row, 1)?)));
+            refs.push((id(self.int(row, 0)?)?, id(self.int(row, 1)?)?));
         }
         Ok(refs)
     }
@@ -581,9 +663,17 @@ mod tests {
     use crate::synth::{generate, SynthSpec};
 
     fn synth_store(paths: usize) -> (tempfile::TempDir, crate::synth::SynthStore, StoreDir) {
+        synth_sparse(paths, 0)
+    }
+
+    fn synth_sparse(
+        paths: usize,
+        sparse_ids: u64,
+    ) -> (tempfile::TempDir, crate::synth::SynthStore, StoreDir) {
         let dir = tempfile::tempdir().unwrap();
         let spec = SynthSpec {
             paths,
+            sparse_ids,
             write_files: false,
             now: 1_800_000_000,
             ..SynthSpec::default()
@@ -717,6 +807,108 @@ mod tests {
         assert_eq!(
             y_valid, edge,
             "torn snapshot: ValidPaths and Refs from different states"
+        );
+    }
+
+    /// Ids spread up to 200,000,000 over 300 rows read exactly like the
+    /// dense ids of the same store, and the id index is sized by the rows
+    /// (it was a table of 200,000,001 entries, 800 MB).
+    #[test]
+    fn sparse_ids_read_like_dense_ones_with_memory_by_row_count() {
+        let (_d1, dense, sd1) = synth_sparse(300, 0);
+        let (_d2, sparse, sd2) = synth_sparse(300, 200_000_000);
+        let t = Duration::from_secs(1);
+        let conn = open(&sparse.state_dir, t).unwrap();
+        let max: i64 = conn
+            .query_row("SELECT max(id) FROM ValidPaths", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max, 200_000_000);
+        let db = db_path(&sparse.state_dir);
+        let r = Reader {
+            db: &db,
+            store_dir: &sd2,
+        };
+        r.begin(&conn).unwrap();
+        let part = r.paths(&conn).unwrap();
+        r.end(&conn, Ok(())).unwrap();
+        assert!(
+            part.ids.heap_bytes() < 300 * 64,
+            "id index holds {} bytes for 300 rows",
+            part.ids.heap_bytes()
+        );
+        // Same store apart from the directory: compare by basename.
+        for outputs in [false, true] {
+            let a = read_snapshot_parallel(&dense.state_dir, &sd1, t, outputs).unwrap();
+            let b = read_snapshot_parallel(&sparse.state_dir, &sd2, t, outputs).unwrap();
+            same(&a, &b);
+            assert!(!b.ref_targets.is_empty());
+        }
+    }
+
+    #[test]
+    fn id_index_finds_every_id_and_only_those() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Uniform, clustered (one bucket holds most), tiny and dense.
+        let uniform: Vec<i64> = (0..5000).map(|_| (next() % 50_000_000) as i64).collect();
+        let mut clustered: Vec<i64> = (0..2000).map(|i| 40_000_000 + i).collect();
+        clustered.extend([1, 7, 3_000_000_000]);
+        let dense: Vec<i64> = (1..=1000).collect();
+        for mut ids in [uniform, clustered, dense, vec![5], vec![]] {
+            ids.sort_unstable();
+            ids.dedup();
+            let mut pairs: Vec<(i64, PathId)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| (d, i as PathId))
+                .collect();
+            pairs.reverse();
+            let idx = IdIndex::new(pairs);
+            assert!(idx.heap_bytes() <= ids.len() * 48 + 64);
+            for (i, &d) in ids.iter().enumerate() {
+                assert_eq!(idx.dense(d), i as PathId, "id {d}");
+                if ids.binary_search(&(d + 1)).is_err() {
+                    assert_eq!(idx.dense(d + 1), NO_PATH, "id {}", d + 1);
+                }
+            }
+            for d in [-1, 0, i64::MAX, 4_000_000_000] {
+                if ids.binary_search(&d).is_err() {
+                    assert_eq!(idx.dense(d), NO_PATH, "id {d}");
+                }
+            }
+        }
+    }
+
+    /// `Refs` rows naming ids that are not in `ValidPaths` (the foreign
+    /// keys forbid it) are dropped, not a panic; an id beyond 32 bits is
+    /// refused with the database named.
+    #[test]
+    fn refs_outside_valid_paths_do_not_panic() {
+        let (_d, st, sd) = synth_sparse(300, 200_000_000);
+        let db = db_path(&st.state_dir);
+        let w = Connection::open(&db).unwrap();
+        w.execute_batch(
+            "PRAGMA foreign_keys = OFF; \
+             INSERT INTO Refs VALUES (199999999, 200000000); \
+             INSERT INTO Refs VALUES (200000000, 400000000); \
+             INSERT INTO Refs VALUES (3, 5);",
+        )
+        .unwrap();
+        let t = Duration::from_secs(1);
+        let base = read_snapshot_parallel(&st.state_dir, &sd, t, true).unwrap();
+        assert_eq!(base.len(), 300);
+        w.execute("INSERT INTO Refs VALUES (200000000, 5000000000)", [])
+            .unwrap();
+        let e = read_snapshot_parallel(&st.state_dir, &sd, t, true).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("5000000000") && msg.contains("db.sqlite"),
+            "{msg}"
         );
     }
 

@@ -69,6 +69,10 @@ pub struct SynthSpec {
     pub ci_jobs: usize,
     /// How far back the history goes.
     pub history_days: u32,
+    /// Highest database id: when above the number of paths, `ValidPaths`
+    /// ids are spread evenly up to it (as on a host with years of churn)
+    /// instead of counting 1, 2, 3...; 0 keeps them dense.
+    pub sparse_ids: u64,
 }
 
 impl Default for SynthSpec {
@@ -83,6 +87,7 @@ impl Default for SynthSpec {
             deleted_generations: 2,
             ci_jobs: 4,
             history_days: 42,
+            sparse_ids: 0,
         }
     }
 }
@@ -1909,8 +1914,9 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> Result<SynthStore, SynthError>
     let store = store_dir.to_string_lossy().into_owned();
     // SQLite has one writer: the store entries are written on the rayon
     // pool meanwhile.
+    let ids = DbIds::new(m.len(), spec.sparse_ids);
     let (db, files) = std::thread::scope(|s| {
-        let db = s.spawn(|| write_db(&db_dir.join("db.sqlite"), &store, &m, spec.seed));
+        let db = s.spawn(|| write_db(&db_dir.join("db.sqlite"), &store, &m, spec.seed, ids));
         let files = if spec.write_files {
             write_entries(&store_dir, &store, &m, spec.seed)
         } else {
@@ -1993,7 +1999,39 @@ fn sigs_column(seed: u64, name: NameId, out: &mut String) {
 /// Cost: about 5 us a path and 2 us a reference, single-threaded (SQLite
 /// has one writer): ~20 s and ~0.8 GB of database for 10^6 paths and
 /// 5.4*10^6 references.
-fn write_db(path: &Path, store: &str, m: &Model, seed: u64) -> Result<(usize, usize), SynthError> {
+/// Model index to database id: `i + 1`, or spread evenly up to a highest
+/// id (strictly increasing, the last path gets exactly that id).
+#[derive(Debug, Clone, Copy)]
+struct DbIds {
+    n: u64,
+    max: u64,
+}
+
+impl DbIds {
+    fn new(n: usize, sparse: u64) -> DbIds {
+        let n = n as u64;
+        DbIds {
+            n,
+            max: sparse.max(n),
+        }
+    }
+
+    fn of(self, i: u32) -> i64 {
+        if self.n <= 1 || self.max == self.n {
+            return i as i64 + 1;
+        }
+        // Step at least 1 because max - 1 >= n - 1.
+        (1 + (i as u128 * (self.max - 1) as u128 / (self.n - 1) as u128)) as i64
+    }
+}
+
+fn write_db(
+    path: &Path,
+    store: &str,
+    m: &Model,
+    seed: u64,
+    ids: DbIds,
+) -> Result<(usize, usize), SynthError> {
     let sql = |source| SynthError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -2061,7 +2099,7 @@ fn write_db(path: &Path, store: &str, m: &Model, seed: u64) -> Result<(usize, us
             c.clear();
             let ca = ca_column(seed, name, meta.ca, &mut c).then_some(c.as_str());
             ins.execute(params![
-                id as i64 + 1,
+                ids.of(id),
                 p,
                 h,
                 m.time[i],
@@ -2087,7 +2125,7 @@ fn write_db(path: &Path, store: &str, m: &Model, seed: u64) -> Result<(usize, us
         let mut pending: Vec<(i64, i64)> = Vec::with_capacity(BATCH);
         for id in 0..m.len() as Id {
             for &r in m.refs_of(id) {
-                pending.push((id as i64 + 1, r as i64 + 1));
+                pending.push((ids.of(id), ids.of(r)));
                 refs += 1;
                 if pending.len() == BATCH {
                     for (k, &(a, b)) in pending.iter().enumerate() {
@@ -2113,7 +2151,7 @@ fn write_db(path: &Path, store: &str, m: &Model, seed: u64) -> Result<(usize, us
                 p.push_str(store);
                 p.push('/');
                 p.push_str(m.get(n));
-                ins.execute(params![drv as i64 + 1, o.as_str(), p])
+                ins.execute(params![ids.of(drv), o.as_str(), p])
                     .map_err(sql)?;
             }
         }

@@ -36,6 +36,10 @@ struct Args {
     /// sees every path as missing; for database benchmarks).
     #[arg(long)]
     no_files: bool,
+    /// Spread `ValidPaths` ids evenly up to MAX instead of 1..paths (a
+    /// host with years of churn); 0 keeps them dense.
+    #[arg(long, value_name = "MAX", default_value_t = 0)]
+    sparse_ids: u64,
     /// Folder to create the store in (must be empty or missing).
     root: PathBuf,
 }
@@ -65,6 +69,7 @@ fn run(args: Args) -> Result<(), storegc::synth::SynthError> {
         ci_jobs: args.ci_jobs,
         now,
         write_files: !args.no_files,
+        sparse_ids: args.sparse_ids,
         ..SynthSpec::default()
     };
     let start = Instant::now();

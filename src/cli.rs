@@ -225,21 +225,20 @@ pub struct DemoArgs {
     /// Output format of the plan
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
+    /// demo makes a store of its own: these shadow the global options of
+    /// the same name (clap propagates none where a command has its own),
+    /// hidden, so that demo can refuse them.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The command line as the binary, its help, completions and man page see
-/// it: the derived definition with the global options propagated, less
-/// those that mean nothing to `demo` (it makes its own store), and with
-/// `--policy` described for `explain`.
+/// it: the derived definition with `--policy` described for `explain`.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    cmd.build();
-    cmd.mut_subcommand("demo", |demo| {
-        demo.mut_arg("store_dir", |a| a.hide(true))
-            .mut_arg("state_dir", |a| a.hide(true))
-    })
-    .mut_subcommand("explain", |explain| {
+    Cli::command().mut_subcommand("explain", |explain| {
         explain.mut_arg("policy", |a| {
             a.help("Explain against this policy file: whether the path is protected, selected, or kept by the budget [default: no policy, Nix's liveness only]")
         })
@@ -271,6 +270,7 @@ mod tests {
 
     fn help_of(sub: &str) -> String {
         let mut cmd = command();
+        cmd.build();
         cmd.find_subcommand_mut(sub)
             .unwrap()
             .render_long_help()

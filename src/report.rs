@@ -139,11 +139,9 @@ pub fn text(plan: &Plan, largest: usize) -> String {
         if b.already_met {
             out.line("budget: until-free already met, nothing to delete".to_string());
         } else {
-            out.line(format!(
-                "budget: {} of {} deletable",
-                human_bytes(b.limit),
-                human_bytes(b.candidates.bytes)
-            ));
+            for l in budget_line(b.limit, plan.totals.nar_bytes, b.candidates.bytes) {
+                out.line(l);
+            }
         }
     }
     for w in &plan.warnings {
@@ -180,6 +178,27 @@ pub fn text(plan: &Plan, largest: usize) -> String {
     out.0
 }
 
+/// What the budget does, in words: the limit, what the plan frees, and
+/// why that may be more than the limit (a path goes with the paths that
+/// still need it). O(1).
+fn budget_line(limit: u64, frees: u64, deletable: u64) -> Vec<String> {
+    let (l, f, d) = (
+        human_bytes(limit),
+        human_bytes(frees),
+        human_bytes(deletable),
+    );
+    if frees > limit {
+        vec![
+            format!("budget {l}: frees {f}, the smallest group that reaches it"),
+            format!("  (a path goes with its referrers), of {d} deletable"),
+        ]
+    } else if frees < deletable {
+        vec![format!("budget {l}: frees {f} of {d} deletable")]
+    } else {
+        vec![format!("budget {l}: frees {f}, everything deletable")]
+    }
+}
+
 /// The "largest deletions" table: size, age and basename, aligned, the
 /// basename shortened to what the other columns leave.
 fn largest_rows(plan: &Plan, largest: usize) -> String {
@@ -204,12 +223,16 @@ fn largest_rows(plan: &Plan, largest: usize) -> String {
         "registered",
         "store path"
     );
+    let shown = rows.len();
     for (size, age, base) in rows {
         let _ = write!(
             out,
             "\n  {size:>size_w$}  {age:<age_w$}  {}",
             shorten_path(base, name_w)
         );
+    }
+    if plan.delete.len() > shown {
+        let _ = write!(out, "\n  … and {} more", plan.delete.len() - shown);
     }
     out
 }
@@ -708,8 +731,11 @@ mod tests {
             .lines()
             .skip_while(|l| !l.starts_with("largest deletions (20 of 25):"))
             .skip(2)
+            .take_while(|l| l.starts_with("   "))
             .collect();
         assert_eq!(rows.len(), 20, "{report}");
+        // A cut list says how much was left out.
+        assert!(report.contains("\n  … and 5 more\n"), "{report}");
         assert!(
             rows[0].starts_with("   200.0 GiB  25 days ago  "),
             "{report}"
@@ -724,11 +750,34 @@ mod tests {
     }
 
     #[test]
+    fn budget_line_says_what_will_be_freed() {
+        assert_eq!(
+            budget_line(1024, 201_011, 500_000),
+            [
+                "budget 1.0 KiB: frees 196.3 KiB, the smallest group that reaches it",
+                "  (a path goes with its referrers), of 488.3 KiB deletable"
+            ]
+        );
+        assert_eq!(
+            budget_line(1 << 30, 2048, 4096),
+            ["budget 1.0 GiB: frees 2.0 KiB of 4.0 KiB deletable"]
+        );
+        assert_eq!(
+            budget_line(1 << 30, 4096, 4096),
+            ["budget 1.0 GiB: frees 4.0 KiB, everything deletable"]
+        );
+    }
+
+    #[test]
     fn text_report_of_a_plain_plan_is_not_cut() {
         let plan = plan_with("/nix/store", 20, "x");
         let report = text(&plan, 3);
         assert_fits(&report);
-        assert!(!report.contains(ELLIPSIS), "{report}");
+        assert!(report.contains("\n  … and 22 more\n"), "{report}");
+        assert!(
+            !report.replace("… and 22 more", "").contains(ELLIPSIS),
+            "{report}"
+        );
         assert!(report.starts_with("storegc plan for /nix/store (1970-01-12T13:46:40Z)\n"));
         assert!(
             report.contains(&format!("   200.0 GiB  25 days ago  {HASH}-p24-n")),

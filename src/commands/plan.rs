@@ -36,6 +36,8 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
             seed: 1,
             keep: None,
             format: args.format,
+            store_dir: None,
+            state_dir: None,
         };
         return demo(global, &demo_args);
     };
@@ -210,7 +212,7 @@ fn write_plan_file(plan: &Plan, out: &Path) -> Result<()> {
 /// a CI runner: system generations, CI results, substituted and local
 /// paths) in a temporary folder, or in `--keep DIR`, and plans on it.
 pub fn demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode> {
-    if global.store_dir.is_some() || global.state_dir.is_some() {
+    if args.store_dir.is_some() || args.state_dir.is_some() {
         anyhow::bail!(
             "demo makes a store of its own: --store-dir and --state-dir do not apply (use plan)"
         );

@@ -395,7 +395,7 @@ impl IdIndex {
     /// ids must be unique, as `ValidPaths.id` is the primary key).
     /// O(n log n) when unsorted, O(n) when sorted (the scan order).
     pub fn new(mut pairs: Vec<(i64, PathId)>) -> IdIndex {
-        if !pairs.is_sorted_by_key(|p| p.0) {
+        if !pairs.windows(2).all(|w| w[0].0 <= w[1].0) {
             pairs.sort_unstable_by_key(|p| p.0);
         }
         let max = pairs.last().map_or(0, |p| p.0.max(0) as u64);

@@ -20,6 +20,7 @@
 //! dead set.
 
 pub mod budget;
+pub mod digest;
 pub mod eval;
 pub mod file;
 pub mod inputs;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 pub use eval::{
     evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally,
 };
+pub use digest::{InputFile, InputKind};
 pub use file::{
     load_policy, parse_policy, AutoRoots, Budget, Generations, Globs, Located, Order, Origin,
     Overrides, Policy, Protect, Select,

@@ -35,7 +35,9 @@ pub fn files_read(policy: &Policy, inputs: &PolicyInputs) -> Vec<InputFile> {
         path: policy.file.clone(),
         sha256: policy.sha256.clone(),
     });
-    own.into_iter().chain(inputs.files.iter().cloned()).collect()
+    own.into_iter()
+        .chain(inputs.files.iter().cloned())
+        .collect()
 }
 
 /// The SHA-256 of `bytes`, lower-case hex. O(len).

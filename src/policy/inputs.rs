@@ -429,18 +429,31 @@ mod tests {
         );
         let digests = || {
             let inputs = gather(&p, &[], &snap(), &StoreDir::new(SD), dir.path()).unwrap();
-            assert!(inputs.files.iter().all(|f| f.kind == InputKind::ClosureList));
+            assert!(inputs
+                .files
+                .iter()
+                .all(|f| f.kind == InputKind::ClosureList));
             let paths: Vec<_> = inputs.files.iter().map(|f| f.path.clone()).collect();
             assert_eq!(paths, vec![two.clone(), one.clone()]);
-            inputs.files.into_iter().map(|f| f.sha256).collect::<Vec<_>>()
+            inputs
+                .files
+                .into_iter()
+                .map(|f| f.sha256)
+                .collect::<Vec<_>>()
         };
         let before = digests();
-        assert_eq!(before[1], sha256_hex(std::fs::read(&one).unwrap().as_slice()));
+        assert_eq!(
+            before[1],
+            sha256_hex(std::fs::read(&one).unwrap().as_slice())
+        );
         std::fs::write(&one, format!("{SD}/{}\n", base('b', "p"))).unwrap();
         let after = digests();
         assert_eq!(before[0], after[0]);
         assert_ne!(before[1], after[1]);
-        assert_eq!(p.sha256, sha256_hex(&std::fs::read(dir.path().join("p.toml")).unwrap()));
+        assert_eq!(
+            p.sha256,
+            sha256_hex(&std::fs::read(dir.path().join("p.toml")).unwrap())
+        );
     }
 
     #[test]

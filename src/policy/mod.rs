@@ -29,10 +29,10 @@ pub mod units;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use digest::{InputFile, InputKind};
 pub use eval::{
     evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally,
 };
-pub use digest::{InputFile, InputKind};
 pub use file::{
     load_policy, parse_policy, AutoRoots, Budget, Generations, Globs, Located, Order, Origin,
     Overrides, Policy, Protect, Select,

@@ -1,7 +1,9 @@
 //! `storegc apply`: the only code that deletes. It checks the plan,
-//! removes the roots the plan expired (each only if it still points where
+//! re-reads the plan's policy and closure lists (see [`protect`]), removes
+//! the roots the plan expired (each only if it still points where
 //! the plan saw it), re-reads the store and its roots, keeps every planned
-//! path that became live, and deletes the rest through `nix-store
+//! path that became live or that the policy protects now, and deletes the
+//! rest through `nix-store
 //! --delete` in referrers-first batches.
 //!
 //! Stopping (SIGINT/SIGTERM) takes effect between batches; every batch is

@@ -127,14 +127,13 @@ impl Fleet {
     }
 
     fn planned(&self) -> BTreeSet<String> {
-        strings(
-            &self.plan_json()["delete"]
-                .as_array()
-                .expect("delete")
-                .iter()
-                .map(|d| d["path"].clone())
-                .collect(),
-        )
+        let paths: Vec<Value> = self.plan_json()["delete"]
+            .as_array()
+            .expect("delete")
+            .iter()
+            .map(|d| d["path"].clone())
+            .collect();
+        strings(&paths)
     }
 
     /// `storegc apply PLAN` with `extra`: exit code, stdout, stderr.
@@ -196,7 +195,7 @@ impl Fleet {
     }
 }
 
-fn strings(v: &Vec<Value>) -> BTreeSet<String> {
+fn strings(v: &[Value]) -> BTreeSet<String> {
     v.iter()
         .map(|x| x.as_str().expect("a string").to_string())
         .collect()
@@ -359,6 +358,9 @@ fn policy_changed_after_plan_is_reported_and_protects_more() {
     assert_eq!(changes[0]["now"], sha256(&f.policy));
 }
 
+/// What is broken, how, and what the one line of stderr must hold.
+type Case<'a> = (&'static str, Box<dyn Fn() + 'a>, Vec<String>);
+
 #[test]
 fn policy_invalid_or_gone_at_apply_changes_nothing() {
     if !common::nix_available("policy_invalid_or_gone_at_apply_changes_nothing") {
@@ -369,7 +371,7 @@ fn policy_invalid_or_gone_at_apply_changes_nothing() {
     let before = f.snapshot();
     let p = f.policy.display().to_string();
     let l = f.list.display().to_string();
-    let cases: Vec<(&str, Box<dyn Fn()>, Vec<String>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "an invalid policy",
             Box::new(|| std::fs::write(&f.policy, "[protect]\nclosure-lists = 3\n").unwrap()),

@@ -1,10 +1,9 @@
 //! `storegc apply`: the only code that deletes. It checks the plan,
 //! re-reads the plan's policy and closure lists (see [`protect`]), removes
-//! the roots the plan expired (each only if it still points where
-//! the plan saw it), re-reads the store and its roots, keeps every planned
-//! path that became live or that the policy protects now, and deletes the
-//! rest through `nix-store
-//! --delete` in referrers-first batches.
+//! the roots the plan expired (each only if it still points where the plan
+//! saw it), re-reads the store and its roots, keeps every planned path that
+//! became live or that the policy protects now, and deletes the rest
+//! through `nix-store --delete` in referrers-first batches.
 //!
 //! Stopping (SIGINT/SIGTERM) takes effect between batches; every batch is
 //! closed under referrers, so the store is consistent after each one, and a

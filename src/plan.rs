@@ -11,14 +11,16 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
-use crate::policy::{BudgetOutcome, ByReason, Decision, Kept, Tally};
+use crate::policy::{BudgetOutcome, ByReason, Decision, InputFile, InputKind, Kept, Tally};
 use crate::roots::{Root, RootKind};
 use crate::settings::GcSettings;
 use crate::store_path::StoreDir;
 
 /// Version of the plan format; `apply` refuses any other. 2: the plan's
-/// own types (same field names as 1's).
-pub const PLAN_VERSION: u32 = 2;
+/// own types (same field names as 1's). 3: `inputs`, the digest of every
+/// file the policy read, which `apply` compares and re-reads (a plan
+/// without it cannot say what it was made from, so 2 is refused).
+pub const PLAN_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -28,6 +30,9 @@ pub struct Plan {
     /// When the plan was made (RFC 3339, UTC).
     pub created: String,
     pub settings: PlanSettings,
+    /// Every file the policy read: the policy file first, then each
+    /// closure list in policy order. Empty without a policy.
+    pub inputs: Vec<PlanInput>,
     /// Every root found, sorted.
     pub roots: Vec<PlanRoot>,
     /// Roots the policy expired (generation links, auto roots).
@@ -58,9 +63,57 @@ pub struct PlanSettings {
     /// `experimental-features` holds `ca-derivations`.
     #[serde(default)]
     pub ca_derivations: bool,
-    /// The policy file, if any.
+    /// The policy file, if any (absolute).
     #[serde(default)]
     pub policy: Option<String>,
+}
+
+/// One file the policy read, and the SHA-256 of the bytes it parsed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlanInput {
+    pub kind: PlanInputKind,
+    /// The file as opened (absolute).
+    pub path: String,
+    /// Lower-case hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanInputKind {
+    Policy,
+    ClosureList,
+}
+
+impl PlanInputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanInputKind::Policy => "policy",
+            PlanInputKind::ClosureList => "closure list",
+        }
+    }
+}
+
+impl From<&InputFile> for PlanInput {
+    fn from(f: &InputFile) -> PlanInput {
+        PlanInput {
+            kind: match f.kind {
+                InputKind::Policy => PlanInputKind::Policy,
+                InputKind::ClosureList => PlanInputKind::ClosureList,
+            },
+            path: absolute(&f.path),
+            sha256: f.sha256.clone(),
+        }
+    }
+}
+
+/// `path` made absolute against the working directory (lexically, as
+/// the policy engine opened it); unchanged if that cannot be done.
+pub fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// One root as the plan records it (what `storegc roots` found).
@@ -280,6 +333,8 @@ pub struct PlanMeta {
     pub gc: GcSettings,
     pub ca_derivations: bool,
     pub policy: Option<String>,
+    /// The files the policy read (see [`Plan::inputs`]).
+    pub inputs: Vec<PlanInput>,
     /// Warnings from reading nix.conf; they come first in the plan's.
     pub settings_warnings: Vec<String>,
 }
@@ -352,6 +407,7 @@ impl Plan {
                 ca_derivations: meta.ca_derivations,
                 policy: meta.policy.clone(),
             },
+            inputs: meta.inputs.clone(),
             roots,
             expired_roots,
             delete: deletions,
@@ -405,6 +461,7 @@ mod tests {
             gc: GcSettings::default(),
             ca_derivations: false,
             policy: None,
+            inputs: vec![],
             settings_warnings: vec!["s".into()],
         };
         let decision = Decision {

@@ -684,6 +684,7 @@ mod tests {
                 keep_derivations: false,
                 policy: Some(format!("{store}-etc/storegc/{msg}.toml")),
             },
+            inputs: vec![],
             roots: vec![PlanRoot {
                 link: format!("{state}/profiles/{msg}"),
                 target: store_path(store, &name(0)),

@@ -198,11 +198,11 @@ fn tampered_plans_remove_no_victim_and_delete_nothing_live() {
     v["expired_roots"] = json!([g1.clone(), g1]);
     refused.push(("duplicate-root", v, gen(&p, 1)));
     let mut v = base.clone();
-    v["version"] = Value::from(1);
+    v["version"] = Value::from(2);
     refused.push((
         "version",
         v,
-        "version 1, this storegc reads version 2".into(),
+        "version 2, this storegc reads version 3".into(),
     ));
 
     let before_store = common::Snapshot::of(&store.store_dir);

@@ -192,6 +192,8 @@ fn with_filters(f: impl FnOnce()) {
     settings.add_filter(ROOT_PATTERN, "[ROOT]");
     settings.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "[CREATED]");
     settings.add_filter(r"\b\d+ (day|hour|minute)s? (ago|old)\b", "[AGE] $2");
+    // Digests of policy inputs, whose text holds the temporary root.
+    settings.add_filter(r#""sha256": "[0-9a-f]{64}""#, r#""sha256": "[SHA256]""#);
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(f);
 }

@@ -238,6 +238,7 @@ mod tests {
                 ca_derivations: false,
                 policy: None,
             },
+            inputs: vec![],
             roots: vec![],
             expired_roots: vec![],
             delete: vec![Deletion {
@@ -344,12 +345,12 @@ mod tests {
     fn another_version_is_refused_before_its_fields_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("plan.json");
-        std::fs::write(&f, r#"{"version": 1, "roots": [{"odd": true}]}"#).unwrap();
+        std::fs::write(&f, r#"{"version": 2, "roots": [{"odd": true}]}"#).unwrap();
         let e = read_plan(&f).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
-                "{}: plan format version 1, this storegc reads version 2 (make a new plan)",
+                "{}: plan format version 2, this storegc reads version 3 (make a new plan)",
                 f.display()
             )
         );

@@ -1,8 +1,9 @@
 //! `storegc apply`: the only code that deletes. It checks the plan,
-//! removes the roots the plan expired (each only if it still points where
-//! the plan saw it), re-reads the store and its roots, keeps every planned
-//! path that became live, and deletes the rest through `nix-store
-//! --delete` in referrers-first batches.
+//! re-reads the plan's policy and closure lists (see [`protect`]), removes
+//! the roots the plan expired (each only if it still points where the plan
+//! saw it), re-reads the store and its roots, keeps every planned path that
+//! became live or that the policy protects now, and deletes the rest
+//! through `nix-store --delete` in referrers-first batches.
 //!
 //! Stopping (SIGINT/SIGTERM) takes effect between batches; every batch is
 //! closed under referrers, so the store is consistent after each one, and a
@@ -11,6 +12,7 @@
 pub mod check;
 pub mod nix;
 pub mod order;
+pub mod protect;
 pub mod remove;
 
 use std::collections::HashSet;
@@ -34,6 +36,9 @@ pub enum ApplyError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The plan's policy or a closure list, re-read, is bad or gone.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("{0}: another storegc apply is running on this store")]
     Busy(PathBuf),
     #[error("{0}: cannot take the apply lock ({1})")]
@@ -84,6 +89,11 @@ pub struct ApplyReport {
     pub skipped_live: Vec<String>,
     /// Planned paths that were no longer valid.
     pub already_gone: usize,
+    /// Planned paths the policy's current inputs protect ("kept: protected
+    /// now"), with everything they keep.
+    pub kept_protected_now: Vec<String>,
+    /// Policy inputs whose digest differs from the plan's.
+    pub inputs_changed: Vec<protect::InputChange>,
     pub failed: Vec<Failure>,
     pub roots_removed: Vec<String>,
     /// Expired roots left in place, with the reason.
@@ -132,6 +142,7 @@ pub fn apply(
     // The fresh scan that confirms every root removal; bad input (an
     // unreadable store) fails here, before anything changed.
     let before = load(settings, &opts.load)?;
+    let protection = reload_policy(&plan, &before, settings, &mut report)?;
     let dropped = remove_roots(
         &plan.expired_roots,
         settings,
@@ -144,6 +155,7 @@ pub fn apply(
         Err(e) => return fail_late(report, e.into()),
     };
     let mut deletable = recheck(&plan, &current, settings, &mut report);
+    report.kept_protected_now = protection.keep(&current.state, settings, &mut deletable);
     let deleter = Deleter {
         nix_store: nix_store.as_deref(),
         state: &current.state,
@@ -175,6 +187,23 @@ fn prepare(
     Ok((plan, Some(nix_store), Some(lock)))
 }
 
+/// The plan's policy and closure lists re-read against the fresh scan
+/// (see [`protect`]); what changed since the plan goes in the report. A
+/// policy that no longer loads is refused here, before anything changed.
+fn reload_policy(
+    plan: &crate::plan::Plan,
+    before: &StoreState,
+    settings: &Settings,
+    report: &mut ApplyReport,
+) -> Result<protect::Protection, ApplyError> {
+    let (protection, changed) = protect::reload(plan, before, settings)?;
+    for c in &changed {
+        tracing::warn!(path = %c.path, "policy input changed since the plan");
+    }
+    report.inputs_changed = changed;
+    Ok(protection)
+}
+
 /// An error after the plan checks: returned as is while nothing changed,
 /// else recorded in the report (exit 1).
 fn fail_late(mut report: ApplyReport, err: ApplyError) -> Result<ApplyReport, ApplyError> {
@@ -192,6 +221,7 @@ fn finish(mut report: ApplyReport) -> ApplyReport {
     report.deleted.sort();
     report.skipped_live.sort();
     report.skipped_live.dedup();
+    report.kept_protected_now.sort();
     report.roots_removed.sort();
     report.roots_kept.sort();
     report.failed.sort_by(|a, b| a.path.cmp(&b.path));

@@ -76,6 +76,7 @@ fn text(r: &ApplyReport) -> String {
         );
     }
     let _ = writeln!(out, "kept because live now: {} paths", r.skipped_live.len());
+    protection(&mut out, r);
     let _ = writeln!(out, "already gone: {} paths", r.already_gone);
     let _ = writeln!(out, "roots removed: {}", r.roots_removed.len());
     for l in &r.roots_removed {
@@ -100,4 +101,31 @@ fn text(r: &ApplyReport) -> String {
         let _ = writeln!(out, "interrupted: run apply again to finish");
     }
     out
+}
+
+/// The policy's second look: inputs changed since the plan, and the
+/// planned paths they protect now.
+fn protection(out: &mut String, r: &ApplyReport) {
+    let short = |d: &Option<String>| {
+        d.as_deref()
+            .map_or("none".into(), |d| d.chars().take(12).collect::<String>())
+    };
+    for c in &r.inputs_changed {
+        let _ = writeln!(
+            out,
+            "changed since the plan: {} {} (sha256 {} -> {})",
+            c.kind.as_str(),
+            c.path,
+            short(&c.planned),
+            short(&c.now)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "kept: protected now: {} paths",
+        r.kept_protected_now.len()
+    );
+    for p in r.kept_protected_now.iter().take(20) {
+        let _ = writeln!(out, "  {p}");
+    }
 }

@@ -114,9 +114,9 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
 pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Plan> {
     let Evaluated {
         state,
+        inputs,
         decision,
         now,
-        ..
     } = evaluate(global, settings, policy)?;
     let expired = decision
         .expired_roots
@@ -130,7 +130,11 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
         gc: settings.gc,
         ca_derivations: settings.ca_derivations,
         settings_warnings: settings.warnings.clone(),
-        policy: (!policy.file.as_os_str().is_empty()).then(|| policy.file.display().to_string()),
+        policy: (!policy.file.as_os_str().is_empty()).then(|| crate::plan::absolute(&policy.file)),
+        inputs: policy::digest::files_read(policy, &inputs)
+            .iter()
+            .map(crate::plan::PlanInput::from)
+            .collect(),
     };
     let _s = tracing::info_span!("plan").entered();
     Ok(Plan::build(

@@ -45,6 +45,9 @@ pub struct Policy {
     pub generations: Vec<Generations>,
     pub auto_roots: Option<AutoRoots>,
     pub budget: Budget,
+    /// SHA-256 (hex) of the text it was parsed from (empty for the default
+    /// policy); see [`super::digest`].
+    pub sha256: String,
 }
 
 /// A value and the line of the policy file it came from (0 when it did not
@@ -518,6 +521,7 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     let mut policy = Policy {
         file: file.to_path_buf(),
         description: raw.description,
+        sha256: super::digest::sha256_hex(text.as_bytes()),
         ..Policy::default()
     };
 
@@ -866,6 +870,7 @@ order = "largest-first"
             p,
             Policy {
                 file: "policies/x.toml".into(),
+                sha256: crate::policy::digest::sha256_hex(b"# nothing\n"),
                 ..Policy::default()
             }
         );

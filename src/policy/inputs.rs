@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::digest::{sha256_hex, InputFile, InputKind};
 use super::file::{Located, Policy};
 use super::PolicyError;
 use crate::db::Snapshot;
@@ -33,6 +34,8 @@ pub struct PolicyInputs {
     /// One entry per root, parallel to the roots slice (missing entries
     /// count as [`RootFact::Plain`]).
     pub root_facts: Vec<RootFact>,
+    /// The closure lists read, in policy order, with their digests.
+    pub files: Vec<InputFile>,
     pub warnings: Vec<String>,
 }
 
@@ -91,6 +94,11 @@ pub fn gather(
             path: path.clone(),
             io,
         })?;
+        inputs.files.push(InputFile {
+            kind: InputKind::ClosureList,
+            path: path.clone(),
+            sha256: sha256_hex(text.as_bytes()),
+        });
         for (i, raw) in text.lines().enumerate() {
             let entry = raw.split('#').next().unwrap_or("").trim();
             if entry.is_empty() {
@@ -404,6 +412,47 @@ mod tests {
             inputs.warnings[0].contains("hosts.txt:6: protect.closure-lists:"),
             "{:?}",
             inputs.warnings
+        );
+    }
+
+    /// Each closure list read is recorded with the digest of the bytes
+    /// parsed, in policy order; editing a list changes only its digest.
+    #[test]
+    fn closure_lists_read_are_recorded_with_their_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.txt"), dir.path().join("two.txt"));
+        std::fs::write(&one, format!("{SD}/{}\n", base('a', "p"))).unwrap();
+        std::fs::write(&two, "# empty\n").unwrap();
+        let p = policy_in(
+            dir.path(),
+            "[protect]\nclosure-lists = [\"two.txt\", \"one.txt\"]\n",
+        );
+        let digests = || {
+            let inputs = gather(&p, &[], &snap(), &StoreDir::new(SD), dir.path()).unwrap();
+            assert!(inputs
+                .files
+                .iter()
+                .all(|f| f.kind == InputKind::ClosureList));
+            let paths: Vec<_> = inputs.files.iter().map(|f| f.path.clone()).collect();
+            assert_eq!(paths, vec![two.clone(), one.clone()]);
+            inputs
+                .files
+                .into_iter()
+                .map(|f| f.sha256)
+                .collect::<Vec<_>>()
+        };
+        let before = digests();
+        assert_eq!(
+            before[1],
+            sha256_hex(std::fs::read(&one).unwrap().as_slice())
+        );
+        std::fs::write(&one, format!("{SD}/{}\n", base('b', "p"))).unwrap();
+        let after = digests();
+        assert_eq!(before[0], after[0]);
+        assert_ne!(before[1], after[1]);
+        assert_eq!(
+            p.sha256,
+            sha256_hex(&std::fs::read(dir.path().join("p.toml")).unwrap())
         );
     }
 

@@ -20,6 +20,7 @@
 //! dead set.
 
 pub mod budget;
+pub mod digest;
 pub mod eval;
 pub mod file;
 pub mod inputs;
@@ -29,6 +30,7 @@ pub mod units;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use digest::{InputFile, InputKind};
 pub use eval::{
     evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally,
 };

@@ -151,6 +151,17 @@ pub struct ApplyArgs {
     /// than ARG_MAX leaves); for tests that want many batches
     #[arg(long, value_name = "BYTES", hide = true)]
     pub batch_bytes: Option<usize>,
+    /// Who deletes: nix-store --delete, or storegc's own engine (Nix's
+    /// GC lock and gc-socket, rows then files)
+    #[arg(long, value_enum, default_value_t = crate::apply::DeleteWith::NixStore)]
+    pub delete_with: crate::apply::DeleteWith,
+    /// With --delete-with storegc: give up (exit 2, nothing deleted) when
+    /// Nix's GC lock is still held after this long [default: wait]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+    /// With --delete-with storegc: paths per database transaction
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    pub chunk_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,10 +10,12 @@
 //! second `apply` of the same plan finishes the job.
 
 pub mod check;
+pub mod engine;
 pub mod nix;
 pub mod order;
 pub mod protect;
 pub mod remove;
+pub mod scc;
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
@@ -47,6 +49,18 @@ pub enum ApplyError {
     NoNixStore,
     #[error("{0}: cannot run nix-store ({1})")]
     Spawn(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+}
+
+/// Which deleter takes the batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeleteWith {
+    /// `nix-store --delete`, batch by batch
+    #[default]
+    NixStore,
+    /// storegc's own engine (Nix's collector protocol, see [`engine`])
+    Storegc,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +74,11 @@ pub struct ApplyOptions {
     /// At most this many bytes of arguments per call; never more than
     /// [`nix::arg_budget`] (ARG_MAX minus the environment) leaves.
     pub batch_bytes: Option<usize>,
+    pub delete_with: DeleteWith,
+    /// How long the engine waits for Nix's GC lock.
+    pub lock_timeout: Duration,
+    /// Paths per engine chunk (one SQLite transaction each).
+    pub chunk_size: usize,
 }
 
 impl Default for ApplyOptions {
@@ -71,6 +90,9 @@ impl Default for ApplyOptions {
             load: LoadOptions::default(),
             batch_paths: 20_000,
             batch_bytes: None,
+            delete_with: DeleteWith::NixStore,
+            lock_timeout: Duration::from_secs(u64::MAX / 4),
+            chunk_size: 50_000,
         }
     }
 }
@@ -84,6 +106,9 @@ pub struct ApplyReport {
     /// Filesystem bytes available after minus before (statvfs); 0 in a dry
     /// run or when statvfs failed (then with a warning).
     pub freed_fs_bytes: i64,
+    /// Bytes the engine freed on disk (allocated blocks, hard links once);
+    /// 0 with `nix-store`.
+    pub freed_disk_bytes: u64,
     /// Planned paths that are live now (a new root or referrer), with
     /// everything they keep.
     pub skipped_live: Vec<String>,
@@ -135,6 +160,15 @@ pub fn apply(
     progress: &dyn Progress,
 ) -> Result<ApplyReport, ApplyError> {
     let (plan, nix_store, _lock) = prepare(plan_file, settings, opts, now)?;
+    // The engine's lock and gc-socket come before every root is read.
+    let engine = match (opts.delete_with, opts.dry_run) {
+        (DeleteWith::Storegc, false) => Some(std::cell::RefCell::new(engine::Engine::start(
+            settings,
+            opts.lock_timeout,
+            opts.load.busy_timeout,
+        )?)),
+        _ => None,
+    };
     let mut report = ApplyReport {
         dry_run: opts.dry_run,
         ..ApplyReport::default()
@@ -158,6 +192,7 @@ pub fn apply(
     report.kept_protected_now = protection.keep(&current.state, settings, &mut deletable);
     let deleter = Deleter {
         nix_store: nix_store.as_deref(),
+        engine: engine.as_ref(),
         state: &current.state,
         settings,
         stop,
@@ -182,8 +217,11 @@ fn prepare(
     if opts.dry_run {
         return Ok((plan, None, None));
     }
-    let nix_store = nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?;
     let lock = take_lock(&settings.state_dir)?;
+    if opts.delete_with == DeleteWith::Storegc {
+        return Ok((plan, None, Some(lock)));
+    }
+    let nix_store = nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?;
     Ok((plan, Some(nix_store), Some(lock)))
 }
 
@@ -353,6 +391,7 @@ fn recheck(
 /// What the delete step works on.
 struct Deleter<'a> {
     nix_store: Option<&'a Path>,
+    engine: Option<&'a std::cell::RefCell<engine::Engine>>,
     state: &'a StoreState,
     settings: &'a Settings,
     stop: &'a AtomicBool,
@@ -376,8 +415,14 @@ fn delete_all(
 ) -> Result<(), ApplyError> {
     let (state, settings) = (d.state, d.settings);
     let budget = nix::arg_budget(d.nix_store.unwrap_or(Path::new("nix-store")), settings);
-    let max_bytes = opts.batch_bytes.map_or(budget, |b| b.min(budget));
-    let batches = order::batches(&state.graph, deletable, opts.batch_paths, max_bytes, |id| {
+    let (max_paths, max_bytes) = match d.engine {
+        Some(_) => (opts.chunk_size.max(1), usize::MAX),
+        None => (
+            opts.batch_paths,
+            opts.batch_bytes.map_or(budget, |b| b.min(budget)),
+        ),
+    };
+    let batches = order::batches(&state.graph, deletable, max_paths, max_bytes, |id| {
         settings.store_dir.as_str().len() + 1 + state.snap.paths.get(id).len() + nix::PTR
     });
     let total: usize = batches.iter().map(Vec::len).sum();
@@ -411,6 +456,14 @@ fn delete_all(
             break;
         }
     }
+    if let Some(e) = d.engine {
+        match e.borrow().sweep_links() {
+            Ok(b) => report.freed_disk_bytes += b,
+            Err(e) => report
+                .errors
+                .push(format!("{}/.links: {e}", settings.store_dir.as_str())),
+        }
+    }
     if !opts.dry_run {
         match (before, available_bytes(settings.store_dir.as_str())) {
             (Some(b), Some(a)) => report.freed_fs_bytes = a as i64 - b as i64,
@@ -433,6 +486,15 @@ fn delete_batch(
     report: &mut ApplyReport,
 ) -> Result<Vec<PathId>, ApplyError> {
     let snap = &d.state.snap;
+    if let Some(e) = d.engine {
+        return Ok(engine_batch(
+            d,
+            &mut e.borrow_mut(),
+            &todo,
+            deletable,
+            report,
+        ));
+    }
     let Some(nix_store) = d.nix_store else {
         for &id in &todo {
             report.deleted.push(d.path(id));
@@ -508,6 +570,44 @@ fn delete_batch(
         }
     }
     Ok(survivors)
+}
+
+/// One chunk through the engine; returns the chunk's paths still valid.
+fn engine_batch(
+    d: &Deleter,
+    engine: &mut engine::Engine,
+    todo: &[PathId],
+    deletable: &mut [bool],
+    report: &mut ApplyReport,
+) -> Vec<PathId> {
+    let snap = &d.state.snap;
+    let out = engine.delete_chunk(todo, &d.state.graph, deletable, |id| {
+        snap.paths.get(id).to_string()
+    });
+    for &id in &out.kept {
+        report.skipped_live.push(d.path(id));
+    }
+    for &id in &out.deleted {
+        report.deleted.push(d.path(id));
+        report.deleted_nar_bytes = report
+            .deleted_nar_bytes
+            .saturating_add(snap.nar_size[id as usize]);
+    }
+    d.progress.advance(out.deleted.len() as u64);
+    report.freed_disk_bytes += out.freed_bytes;
+    for (id, e) in &out.file_errors {
+        report
+            .errors
+            .push(format!("{}: invalid now, files left: {e}", d.path(*id)));
+    }
+    match out.failed {
+        Some((ids, msg)) => {
+            tracing::warn!(%msg, "chunk rolled back");
+            fail_all(d, report, &ids, &msg);
+            ids
+        }
+        None => Vec::new(),
+    }
 }
 
 fn fail_all(d: &Deleter, report: &mut ApplyReport, ids: &[PathId], msg: &str) {

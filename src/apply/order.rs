@@ -1,8 +1,6 @@
 //! The pure half of `apply`: which planned paths may still go, given the
 //! store as it is now, and in what order and batches they go to Nix.
 
-use petgraph::algo::tarjan_scc;
-
 use crate::graph::{live_set_parallel, Graph};
 use crate::paths::PathId;
 
@@ -48,7 +46,8 @@ pub fn drop_kept(graph: &Graph, deletable: &mut [bool], survivors: &[PathId]) ->
 ///
 /// A batch holds at most `max_paths` paths and at most `max_bytes` bytes of
 /// argument text (`arg_len(id)` + 1 per path), so it fits under ARG_MAX.
-/// Cost: O(n + e) for the induced subgraph and Tarjan's SCCs.
+/// Cost: O(n + e) for the induced subgraph and Tarjan's SCCs (iterative,
+/// see [`super::scc`]).
 pub fn batches(
     graph: &Graph,
     deletable: &[bool],
@@ -59,7 +58,7 @@ pub fn batches(
     let (sub, old) = graph.induced(|id| deletable[id as usize]);
     // Tarjan yields SCCs in post-order: a component after everything it
     // keeps. Referrers first is the reverse.
-    let sccs = tarjan_scc(&sub);
+    let sccs = super::scc::sccs(&sub);
     let mut out: Vec<Vec<PathId>> = Vec::new();
     let mut cur: Vec<PathId> = Vec::new();
     let mut cur_bytes = 0usize;

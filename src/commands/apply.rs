@@ -37,6 +37,11 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         nix_store: args.nix_store.clone(),
         load: super::load_options(global),
         batch_bytes: args.batch_bytes,
+        delete_with: args.delete_with,
+        lock_timeout: args
+            .lock_timeout
+            .unwrap_or(ApplyOptions::default().lock_timeout),
+        chunk_size: args.chunk_size,
         ..ApplyOptions::default()
     };
     let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
@@ -73,6 +78,13 @@ fn text(r: &ApplyReport) -> String {
             out,
             "freed on the filesystem: {}",
             human_bytes(r.freed_fs_bytes.max(0) as u64)
+        );
+    }
+    if r.freed_disk_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "freed on disk (allocated blocks): {}",
+            human_bytes(r.freed_disk_bytes)
         );
     }
     let _ = writeln!(out, "kept because live now: {} paths", r.skipped_live.len());

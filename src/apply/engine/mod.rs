@@ -1,0 +1,234 @@
+//! storegc's own deletion engine (`apply --delete-with storegc`), step by
+//! step as Nix's collector in `src/libstore/gc.cc`:
+//!
+//! 1. take `$NIX_STATE_DIR/gc.lock` exclusively ([`protocol::take_gc_lock`]);
+//! 2. serve `gc-socket/socket` for the whole run ([`protocol::serve`]),
+//!    *before* apply re-reads every root and the database;
+//! 3. per chunk (referrers first): keep every path a client rooted
+//!    meanwhile, and what it keeps; mark the rest pending; delete their
+//!    rows in one SQLite write transaction (`Refs` of the referrer side,
+//!    then `ValidPaths`; foreign keys on, so a path still referenced by a
+//!    valid path fails the whole chunk and nothing is committed); only
+//!    after the commit remove their files, in parallel;
+//! 4. at the end one pass over `.links` ([`files::sweep_links`]).
+//!
+//! Rows before files, always: a valid path never lacks its files, also
+//! after a SIGKILL.
+
+pub mod files;
+pub mod protocol;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rayon::prelude::*;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::graph::Graph;
+use crate::paths::PathId;
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("{0}: cannot open the store database for writing ({1})")]
+    Db(PathBuf, rusqlite::Error),
+}
+
+/// The engine while it runs: Nix's GC lock, the socket server, and a
+/// writable connection to the store database.
+pub struct Engine {
+    conn: Connection,
+    db: PathBuf,
+    store_dir: String,
+    server: protocol::Server,
+    _lock: protocol::GcLock,
+}
+
+/// How one chunk ended. Ids are the snapshot's.
+#[derive(Debug, Default)]
+pub struct ChunkOutcome {
+    /// Rows deleted and files removed (or removal tried, see `file_errors`).
+    pub deleted: Vec<PathId>,
+    /// Rooted through the gc-socket meanwhile, with what they keep.
+    pub kept: Vec<PathId>,
+    /// The transaction failed: nothing of the chunk was committed.
+    pub failed: Option<(Vec<PathId>, String)>,
+    /// Invalid now, but some files could not be removed (garbage, safe).
+    pub file_errors: Vec<(PathId, String)>,
+    /// Bytes freed on disk (allocated blocks, hard links counted once).
+    pub freed_bytes: u64,
+}
+
+impl Engine {
+    /// Steps 1 and 2: the lock (waiting at most `lock_timeout`), the
+    /// server, and the database connection.
+    pub fn start(
+        settings: &Settings,
+        lock_timeout: Duration,
+        busy_timeout: Duration,
+    ) -> Result<Engine, EngineError> {
+        let lock = protocol::take_gc_lock(&settings.state_dir, lock_timeout)?;
+        let server = protocol::serve(&settings.state_dir, settings.store_dir.as_str())?;
+        let db = crate::db::db_path(&settings.state_dir);
+        let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
+        Ok(Engine {
+            conn,
+            db,
+            store_dir: settings.store_dir.as_str().to_string(),
+            server,
+            _lock: lock,
+        })
+    }
+
+    /// Step 3 for one chunk in referrers-first order. `name(id)` is the
+    /// path's basename; `deletable` loses what the gc-socket rooted.
+    pub fn delete_chunk(
+        &mut self,
+        chunk: &[PathId],
+        graph: &Graph,
+        deletable: &mut [bool],
+        name: impl Fn(PathId) -> String,
+    ) -> ChunkOutcome {
+        let mut out = ChunkOutcome::default();
+        let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
+        let paths: Vec<String> = todo
+            .iter()
+            .map(|&id| format!("{}/{}", self.store_dir, name(id)))
+            .collect();
+        if let Err(e) = delete_rows(&mut self.conn, &paths) {
+            self.server.roots.finish_pending();
+            out.failed = Some((todo, format!("{}: {e}", self.db.display())));
+            return out;
+        }
+        let removed: Vec<std::io::Result<u64>> = paths
+            .par_iter()
+            .map(|p| files::remove_tree(Path::new(p)))
+            .collect();
+        self.server.roots.finish_pending();
+        for (&id, r) in todo.iter().zip(removed) {
+            match r {
+                Ok(b) => out.freed_bytes += b,
+                Err(e) => out.file_errors.push((id, e.to_string())),
+            }
+        }
+        out.deleted = todo;
+        out
+    }
+
+    /// Under the temp-root lock: drops the chunk's paths that clients
+    /// rooted (and their closure) and marks the rest pending, so a client
+    /// asking for one now waits until its files are gone.
+    fn mark_pending(
+        &self,
+        chunk: &[PathId],
+        graph: &Graph,
+        deletable: &mut [bool],
+        name: &impl Fn(PathId) -> String,
+        out: &mut ChunkOutcome,
+    ) -> Vec<PathId> {
+        let mut state = self.server.roots.lock();
+        let hash = |id: PathId| crate::store_path::hash_of(&name(id)).to_string();
+        let rooted: Vec<PathId> = chunk
+            .iter()
+            .copied()
+            .filter(|&id| deletable[id as usize] && state.roots.contains(&hash(id)))
+            .collect();
+        out.kept = super::order::drop_kept(graph, deletable, &rooted);
+        let todo: Vec<PathId> = chunk
+            .iter()
+            .copied()
+            .filter(|&id| deletable[id as usize])
+            .collect();
+        state.pending.extend(todo.iter().map(|&id| hash(id)));
+        todo
+    }
+
+    /// Step 4: the `.links` pass; bytes freed.
+    pub fn sweep_links(&self) -> std::io::Result<u64> {
+        files::sweep_links(Path::new(&self.store_dir))
+    }
+}
+
+fn open_writable(db: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+/// One write transaction: the chunk's `Refs` (referrer side) and then its
+/// `ValidPaths` rows. Any error rolls the whole chunk back.
+fn delete_rows(conn: &mut Connection, paths: &[String]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut id_of = tx.prepare_cached("SELECT id FROM ValidPaths WHERE path = ?1")?;
+        let mut refs = tx.prepare_cached("DELETE FROM Refs WHERE referrer = ?1")?;
+        let mut ids = Vec::with_capacity(paths.len());
+        for p in paths {
+            let id: Option<i64> = match id_of.query_row([p], |r| r.get(0)) {
+                Ok(id) => Some(id),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(id) = id {
+                refs.execute([id])?;
+                ids.push(id);
+            }
+        }
+        let mut valid = tx.prepare_cached("DELETE FROM ValidPaths WHERE id = ?1")?;
+        for id in ids {
+            valid.execute([id])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
+             CREATE TABLE Refs (referrer INTEGER NOT NULL, reference INTEGER NOT NULL,
+               PRIMARY KEY (referrer, reference),
+               FOREIGN KEY (referrer) REFERENCES ValidPaths(id) ON DELETE CASCADE,
+               FOREIGN KEY (reference) REFERENCES ValidPaths(id) ON DELETE RESTRICT);
+             INSERT INTO ValidPaths VALUES (1, '/s/a'), (2, '/s/b'), (3, '/s/c');
+             INSERT INTO Refs VALUES (1, 2), (2, 2), (3, 2);",
+        )
+        .unwrap();
+        c
+    }
+
+    fn count(c: &Connection) -> i64 {
+        c.query_row("SELECT count(*) FROM ValidPaths", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_chunk_with_a_still_referenced_path_commits_nothing() {
+        let mut c = db();
+        // b is still referenced by c, which stays: the whole chunk fails.
+        assert!(delete_rows(&mut c, &["/s/a".into(), "/s/b".into()]).is_err());
+        assert_eq!(count(&c), 3);
+        delete_rows(
+            &mut c,
+            &[
+                "/s/a".into(),
+                "/s/c".into(),
+                "/s/b".into(),
+                "/s/gone".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(count(&c), 0);
+    }
+}

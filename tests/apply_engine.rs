@@ -1,0 +1,178 @@
+//! `storegc apply --delete-with storegc`, the deletion engine of storegc's
+//! own, against real Nix: on identical random stores it leaves exactly the
+//! valid set the `nix-store` backend leaves, `nix-store --verify
+//! --check-contents` is clean afterwards and Nix finds none of the planned
+//! paths dead any more; a held `gc.lock` with `--lock-timeout` exits 2 with
+//! nothing deleted; a client that roots a planned path through the
+//! gc-socket while the engine runs keeps it.
+
+mod apply_support;
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use apply_support::*;
+use common::GcConf;
+use serde_json::Value;
+
+/// Builds the same random store twice, applies the same kind of plan with
+/// each backend, and compares what is left.
+#[test]
+fn both_backends_leave_the_same_valid_set() {
+    if !common::nix_available("both_backends_leave_the_same_valid_set") {
+        return;
+    }
+    let confs = [
+        GcConf::default(),
+        GcConf {
+            keep_outputs: Some(true),
+            keep_derivations: Some(true),
+        },
+    ];
+    for (k, conf) in confs.into_iter().enumerate() {
+        let seed = 301 + k as u64;
+        let mut left = Vec::new();
+        for backend in ["nix-store", "storegc"] {
+            let b = built(seed, 24, conf);
+            let live = b.store.print_live();
+            let dead = b.store.print_dead_valid();
+            let file = b.plan_file("plan.json");
+            let plan = make_plan(&b.store, &file, &[]);
+            assert_same("plan vs --print-dead", &dead, &planned(&plan));
+            let run = apply(
+                &b.store,
+                &file,
+                &["--delete-with", backend, "--chunk-size", "5"],
+            );
+            let report = run.expect_code(0).report();
+            assert_same(
+                &format!("{backend}: deleted vs planned"),
+                &dead,
+                &strs(&report["deleted"]),
+            );
+            assert_eq!(report["failed"], Value::Array(vec![]), "{}", run.show());
+            assert_only_live_left(&b.store, &live);
+            assert_verify_clean(&b.store, true);
+            let dead_after = b.store.print_dead_valid();
+            assert!(
+                dead_after.is_disjoint(&dead),
+                "{backend}: Nix still finds planned paths: {dead_after:?}"
+            );
+            // Store paths by name only (the part after the hash): the two
+            // stores live in different folders, so their hashes differ.
+            let names: BTreeSet<String> = b
+                .store
+                .valid_paths()
+                .iter()
+                .map(|p| {
+                    let base = p.rsplit('/').next().unwrap_or(p);
+                    base.get(33..).unwrap_or(base).to_string()
+                })
+                .collect();
+            left.push(names);
+        }
+        assert_eq!(left[0], left[1], "the backends left different valid sets");
+    }
+}
+
+/// Holds `gc.lock` as a running Nix collector would: `apply --lock-timeout`
+/// gives up, exit 2, and deletes nothing.
+#[test]
+fn held_gc_lock_times_out_and_nothing_is_deleted() {
+    if !common::nix_available("held_gc_lock_times_out_and_nothing_is_deleted") {
+        return;
+    }
+    let b = built(311, 12, GcConf::default());
+    let file = b.plan_file("plan.json");
+    let plan = make_plan(&b.store, &file, &[]);
+    assert!(!planned(&plan).is_empty());
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(b.store.state_dir.join("gc.lock"))
+        .expect("opening gc.lock");
+    // SAFETY: flock on our own fd.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let valid = b.store.valid_paths();
+    let started = Instant::now();
+    let run = apply(
+        &b.store,
+        &file,
+        &["--delete-with", "storegc", "--lock-timeout", "1s"],
+    );
+    run.expect_code(2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "did not wait"
+    );
+    assert!(run.stderr.contains("gc.lock"), "{}", run.show());
+    drop(lock);
+    assert_same(
+        "valid after a timed-out apply",
+        &valid,
+        &b.store.valid_paths(),
+    );
+}
+
+/// A client that roots a planned path through Nix's gc-socket while the
+/// engine holds the lock keeps that path (and its closure): the engine
+/// adds it to its temp roots before it answers.
+#[test]
+fn a_root_sent_through_the_gc_socket_keeps_its_path() {
+    if !common::nix_available("a_root_sent_through_the_gc_socket_keeps_its_path") {
+        return;
+    }
+    let b = built(321, 24, GcConf::default());
+    let file = b.plan_file("plan.json");
+    let plan = make_plan(&b.store, &file, &[]);
+    let (target, closure) = b.richest_planned_output(&planned(&plan));
+    // Take gc.lock first, so apply waits for it; connect once its socket
+    // is up, while it still waits on nothing else.
+    let socket = b.store.state_dir.join("gc-socket/socket");
+    let _ = std::fs::remove_file(&socket);
+    let args = apply_args(&file, &["--delete-with", "storegc", "--chunk-size", "1"]);
+    let mut child = b
+        .store
+        .storegc(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting apply");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(c) = std::os::unix::net::UnixStream::connect(&socket) {
+            break c;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the engine's gc-socket never came up");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    conn.write_all(format!("{target}\n").as_bytes())
+        .expect("sending a root");
+    let mut ack = [0u8; 1];
+    conn.read_exact(&mut ack).expect("reading the answer");
+    assert_eq!(ack[0], b'1');
+    let out = child.wait_with_output().expect("waiting for apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The path was acknowledged: either it was already gone (the client
+    // would rebuild it) or it and its closure are valid and complete.
+    eprintln!("gc-socket root {target}: kept = {}", exists(&target));
+    if exists(&target) {
+        let valid = b.store.valid_paths();
+        for p in &closure {
+            assert!(
+                valid.contains(p),
+                "{p} (closure of {target}) lost: {stderr}"
+            );
+        }
+        assert_verify_clean(&b.store, true);
+    }
+    drop(conn);
+}

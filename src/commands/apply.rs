@@ -59,6 +59,18 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
     )
 }
 
+/// The statvfs before/after difference, said as what it is: not what
+/// the deletions freed (that is the narSize line) but the change of the
+/// filesystem's free space, which includes other writers and Nix's
+/// `db/reserved`.
+fn fs_change(freed: i64) -> String {
+    let sign = if freed < 0 { "-" } else { "+" };
+    format!(
+        "filesystem free space changed by {sign}{}, which includes other writers and Nix's db/reserved",
+        human_bytes(freed.unsigned_abs())
+    )
+}
+
 fn text(r: &ApplyReport) -> String {
     let mut out = String::new();
     let verb = if r.dry_run { "would delete" } else { "deleted" };
@@ -69,11 +81,7 @@ fn text(r: &ApplyReport) -> String {
         human_bytes(r.deleted_nar_bytes)
     );
     if !r.dry_run {
-        let _ = writeln!(
-            out,
-            "freed on the filesystem: {}",
-            human_bytes(r.freed_fs_bytes.max(0) as u64)
-        );
+        let _ = writeln!(out, "{}", fs_change(r.freed_fs_bytes));
     }
     let _ = writeln!(out, "kept because live now: {} paths", r.skipped_live.len());
     let _ = writeln!(out, "already gone: {} paths", r.already_gone);
@@ -100,4 +108,22 @@ fn text(r: &ApplyReport) -> String {
         let _ = writeln!(out, "interrupted: run apply again to finish");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fs_change;
+
+    #[test]
+    fn fs_change_says_what_it_measures_with_its_sign() {
+        let grew = fs_change(3 * 1024 * 1024);
+        assert!(
+            grew.starts_with("filesystem free space changed by +"),
+            "{grew}"
+        );
+        assert!(grew.contains("db/reserved"), "{grew}");
+        let shrank = fs_change(-8 * 1024 * 1024);
+        assert!(shrank.contains("by -"), "{shrank}");
+        assert_ne!(grew, shrank);
+    }
 }

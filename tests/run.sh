@@ -72,3 +72,23 @@ fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit $status
+
+# No helper a test started may outlive the suite: any process whose
+# command line or working folder lies in the tests' temp folders
+# (storegc-nix-* under the temp dir) fails the run, named.
+tmp="${TMPDIR:-/tmp}"
+tmp="${tmp%/}"
+leaked=0
+for p in /proc/[0-9]*; do
+  pid="${p#/proc/}"
+  [ "$pid" = "$$" ] && continue
+  cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  cwd=$(readlink "$p/cwd" 2>/dev/null) || cwd=""
+  case "$cmd $cwd" in
+    *"$tmp"/storegc-nix-*)
+      echo "tests/run.sh: process $pid left running by the tests: $cmd (cwd $cwd)" >&2
+      leaked=1 ;;
+  esac
+done
+[ "$leaked" -eq 0 ] || exit 1
+exit "$status"

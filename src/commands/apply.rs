@@ -64,6 +64,18 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
     )
 }
 
+/// The statvfs before/after difference, said as what it is: not what
+/// the deletions freed (that is the narSize line) but the change of the
+/// filesystem's free space, which includes other writers and Nix's
+/// `db/reserved`.
+fn fs_change(freed: i64) -> String {
+    let sign = if freed < 0 { "-" } else { "+" };
+    format!(
+        "filesystem free space changed by {sign}{}, which includes other writers and Nix's db/reserved",
+        human_bytes(freed.unsigned_abs())
+    )
+}
+
 fn text(r: &ApplyReport) -> String {
     let mut out = String::new();
     let verb = if r.dry_run { "would delete" } else { "deleted" };
@@ -74,11 +86,7 @@ fn text(r: &ApplyReport) -> String {
         human_bytes(r.deleted_nar_bytes)
     );
     if !r.dry_run {
-        let _ = writeln!(
-            out,
-            "freed on the filesystem: {}",
-            human_bytes(r.freed_fs_bytes.max(0) as u64)
-        );
+        let _ = writeln!(out, "{}", fs_change(r.freed_fs_bytes));
     }
     if r.freed_disk_bytes > 0 {
         let _ = writeln!(
@@ -90,12 +98,30 @@ fn text(r: &ApplyReport) -> String {
     let _ = writeln!(out, "kept because live now: {} paths", r.skipped_live.len());
     protection(&mut out, r);
     let _ = writeln!(out, "already gone: {} paths", r.already_gone);
-    let _ = writeln!(out, "roots removed: {}", r.roots_removed.len());
+    let removed = if r.dry_run {
+        "roots that would be removed"
+    } else {
+        "roots removed"
+    };
+    let _ = writeln!(out, "{removed}: {}", r.roots_removed.len());
     for l in &r.roots_removed {
         let _ = writeln!(out, "  {l}");
     }
-    for (l, why) in &r.roots_kept {
-        let _ = writeln!(out, "  kept {l}: {why}");
+    let (gone, kept): (Vec<_>, Vec<_>) = r
+        .roots_kept
+        .iter()
+        .partition(|(_, why)| why == "gone already");
+    if !kept.is_empty() {
+        let _ = writeln!(out, "roots kept: {}", kept.len());
+        for (l, why) in kept {
+            let _ = writeln!(out, "  {l}: {why}");
+        }
+    }
+    if !gone.is_empty() {
+        let _ = writeln!(out, "roots gone already: {}", gone.len());
+        for (l, _) in gone {
+            let _ = writeln!(out, "  {l}");
+        }
     }
     if !r.failed.is_empty() {
         let _ = writeln!(out, "failed: {} paths", r.failed.len());
@@ -139,5 +165,54 @@ fn protection(out: &mut String, r: &ApplyReport) {
     );
     for p in r.kept_protected_now.iter().take(20) {
         let _ = writeln!(out, "  {p}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fs_change;
+
+    #[test]
+    fn a_dry_run_says_would_and_gone_roots_have_their_own_heading() {
+        let r = super::ApplyReport {
+            dry_run: true,
+            roots_removed: vec!["/s/gcroots/auto/a".into()],
+            roots_kept: vec![
+                ("/s/gcroots/auto/b".into(), "gone already".into()),
+                (
+                    "/s/p-2-link".into(),
+                    "the profile's current generation".into(),
+                ),
+            ],
+            ..Default::default()
+        };
+        let t = super::text(&r);
+        assert!(t.contains("would delete: 0 paths"), "{t}");
+        assert!(
+            t.contains("roots that would be removed: 1\n  /s/gcroots/auto/a\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("roots kept: 1\n  /s/p-2-link: the profile's current generation\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("roots gone already: 1\n  /s/gcroots/auto/b\n"),
+            "{t}"
+        );
+        assert!(!t.contains("filesystem free space"), "{t}");
+    }
+
+    #[test]
+    fn fs_change_says_what_it_measures_with_its_sign() {
+        let grew = fs_change(3 * 1024 * 1024);
+        assert!(
+            grew.starts_with("filesystem free space changed by +"),
+            "{grew}"
+        );
+        assert!(grew.contains("db/reserved"), "{grew}");
+        let shrank = fs_change(-8 * 1024 * 1024);
+        assert!(shrank.contains("by -"), "{shrank}");
+        assert_ne!(grew, shrank);
     }
 }

@@ -428,13 +428,13 @@ while [ -e "$d/started-$n" ]; do n=$((n + 1)); done
 printf '%s\n' "$@" > "$d/args-$n"
 : > "$d/started-$n"
 if [ -e "$d/hold-before-$n" ]; then
-  while [ ! -e "$d/go-$n" ]; do sleep 0.02; done
+  while [ ! -e "$d/go-$n" ] && [ -d "$d" ]; do sleep 0.02; done
 fi
 if [ -e "$d/hold-after-$n" ]; then
   "$STOREGC_TEST_REAL_NIX_STORE" "$@"
   rc=$?
   : > "$d/done-$n"
-  while [ ! -e "$d/go-after-$n" ]; do sleep 0.02; done
+  while [ ! -e "$d/go-after-$n" ] && [ -d "$d" ]; do sleep 0.02; done
   exit $rc
 fi
 exec "$STOREGC_TEST_REAL_NIX_STORE" "$@"
@@ -489,6 +489,68 @@ impl Wrap {
         assert_eq!(lines.next(), Some("--delete"), "call {n}: {text}");
         lines.map(str::to_string).collect()
     }
+}
+
+/// Kills every wrapper still running (found by its script path on the
+/// command line or its folder in `STOREGC_TEST_WRAP`), each with its
+/// process group (storegc starts nix-store in a group of its own, so
+/// killing apply's group misses it), and waits until none is left: a
+/// test that fails or kills apply leaves no wrapper looping.
+impl Drop for Wrap {
+    fn drop(&mut self) {
+        let env = format!("STOREGC_TEST_WRAP={}", self.dir.display());
+        let script = self.script.to_string_lossy().into_owned();
+        let start = Instant::now();
+        loop {
+            let left = wrapper_pids(&script, &env);
+            if left.is_empty() || start.elapsed() > Duration::from_secs(30) {
+                if !left.is_empty() {
+                    eprintln!("wrapper processes survived SIGKILL: {left:?}");
+                }
+                return;
+            }
+            for pid in left {
+                // SAFETY: getpgid/killpg/kill on pids found running our
+                // wrapper; a pid that is gone makes them fail harmlessly.
+                unsafe {
+                    let pgid = libc::getpgid(pid);
+                    if pgid > 1 {
+                        libc::killpg(pgid, libc::SIGKILL);
+                    }
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The live (not zombie) processes running `script` or carrying `env`.
+fn wrapper_pids(script: &str, env: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let base = PathBuf::from(format!("/proc/{pid}"));
+            let stat = std::fs::read_to_string(base.join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let has = |file: &str, needle: &str| {
+                std::fs::read(base.join(file)).is_ok_and(|bytes| {
+                    bytes
+                        .split(|&b| b == 0)
+                        .any(|part| part == needle.as_bytes())
+                })
+            };
+            !zombie && (has("cmdline", script) || has("environ", env))
+        })
+        .collect()
 }
 
 pub fn real_nix_store() -> PathBuf {

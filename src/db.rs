@@ -782,6 +782,82 @@ mod tests {
     use super::*;
     use crate::synth::{generate, SynthSpec};
 
+    const H1: &str = "00000000000000000000000000000001";
+    const H2: &str = "00000000000000000000000000000002";
+    const H3: &str = "00000000000000000000000000000003";
+    const H4: &str = "00000000000000000000000000000004";
+
+    /// A hand-made database: `a.drv` (id 1), its CA outputs `a` (2) and
+    /// `a-dev` (3), and an unrelated `b` (4); `extra` creates the CA table.
+    fn ca_db(extra: &str) -> (Connection, StoreDir) {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&format!(
+            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT, \
+             registrationTime INTEGER, deriver TEXT, narSize INTEGER, \
+             ultimate INTEGER, sigs TEXT);
+             CREATE TABLE Refs (referrer INTEGER, reference INTEGER);
+             CREATE TABLE DerivationOutputs (drv INTEGER, id TEXT, path TEXT);
+             INSERT INTO ValidPaths VALUES
+               (1, '/s/{H1}-a.drv', 0, NULL, 1, 0, NULL),
+               (2, '/s/{H2}-a', 0, NULL, 1, 0, NULL),
+               (3, '/s/{H3}-a-dev', 0, NULL, 1, 0, NULL),
+               (4, '/s/{H4}-b', 0, NULL, 1, 0, NULL);
+             {extra}"
+        ))
+        .unwrap();
+        (c, StoreDir::new("/s"))
+    }
+
+    fn pairs_of(c: &Connection, sd: &StoreDir) -> (Vec<(String, String)>, bool) {
+        let s = read_snapshot_from(c, Path::new("db"), sd, true).unwrap();
+        let name = |i: PathId| name_of(s.paths.get(i)).to_string();
+        let p = s
+            .drv_outputs
+            .iter()
+            .map(|&(d, o)| (name(d), name(o)))
+            .collect();
+        (p, s.ca_by_name)
+    }
+
+    #[test]
+    fn realisations_pair_outputs_with_derivations_by_name() {
+        let (c, sd) = ca_db(
+            "CREATE TABLE Realisations (id INTEGER PRIMARY KEY, drvPath TEXT, \
+             outputName TEXT, outputPath INTEGER, signatures TEXT);
+             INSERT INTO Realisations VALUES
+               (1, 'sha256:x!out', 'out', 2, NULL),
+               (2, 'sha256:x!dev', 'dev', 3, NULL),
+               (3, 'sha256:y!out', 'dev', 4, NULL);",
+        );
+        let (p, by_name) = pairs_of(&c, &sd);
+        let want = [("a.drv", "a"), ("a.drv", "a-dev")];
+        let want: Vec<_> = want.iter().map(|&(a, b)| (a.into(), b.into())).collect();
+        assert_eq!(p, want);
+        assert!(by_name);
+    }
+
+    #[test]
+    fn build_trace_pairs_outputs_exactly_and_no_table_pairs_nothing() {
+        let (c, sd) = ca_db(&format!(
+            "CREATE TABLE BuildTraceV3 (id INTEGER PRIMARY KEY, drvPath TEXT, \
+             outputName TEXT, outputPath TEXT, signature TEXT);
+             INSERT INTO BuildTraceV3 VALUES (1, '/s/{H1}-a.drv', 'x', '/s/{H4}-b', NULL);"
+        ));
+        let (p, by_name) = pairs_of(&c, &sd);
+        assert_eq!(p, vec![("a.drv".to_string(), "b".to_string())]);
+        assert!(!by_name);
+        let (c, sd) = ca_db("");
+        assert_eq!(pairs_of(&c, &sd), (vec![], false));
+    }
+
+    #[test]
+    fn ca_name_key_strips_the_output_name() {
+        assert_eq!(ca_name_key("a", "out"), Some("a"));
+        assert_eq!(ca_name_key("a-dev", "dev"), Some("a"));
+        assert_eq!(ca_name_key("adev", "dev"), None);
+        assert_eq!(ca_name_key("b", "dev"), None);
+    }
+
     fn synth_store(paths: usize) -> (tempfile::TempDir, crate::synth::SynthStore, StoreDir) {
         synth_sparse(paths, 0)
     }

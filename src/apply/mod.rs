@@ -436,7 +436,10 @@ fn delete_batch(
                 break;
             }
             DeleteOutcome::Alive(paths) => {
-                tracing::warn!(?paths, "nix-store refused: still alive; keeping them and what they keep");
+                tracing::warn!(
+                    ?paths,
+                    "nix-store refused: still alive; keeping them and what they keep"
+                );
                 let ids: Vec<PathId> = paths
                     .iter()
                     .filter_map(|p| {

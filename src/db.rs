@@ -6,13 +6,14 @@
 //! paths beside us cannot tear the snapshot (the daemon writes in WAL mode;
 //! a reader sees one consistent state). The database is opened read-only.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
 use crate::paths::{PathId, PathTable, NO_PATH};
-use crate::store_path::{parse_basename, StoreDir};
+use crate::store_path::{name_of, parse_basename, StoreDir};
 
 /// The only database schema this tool understands.
 pub const SCHEMA_VERSION: u32 = 10;
@@ -75,6 +76,9 @@ pub struct Snapshot {
     /// `(drv, output)` pairs from `DerivationOutputs` whose output is valid,
     /// sorted.
     pub drv_outputs: Vec<(PathId, PathId)>,
+    /// Whether some of [`Snapshot::drv_outputs`] came from `Realisations`
+    /// rows matched to derivations by name (see [`ca_name_key`]).
+    pub ca_by_name: bool,
 }
 
 impl Snapshot {
@@ -650,17 +654,209 @@ impl Reader<'_> {
                 pairs.push((drv, o));
             }
         }
+        let by_name = self.realisations(conn, part, &mut pairs)?;
+        part.snap.ca_by_name = by_name;
+        self.build_trace(conn, part, &mut pairs)?;
         pairs.sort_unstable();
         pairs.dedup();
         part.snap.drv_outputs = pairs;
         Ok(())
     }
+
+    /// The column names of `table`, empty when it does not exist.
+    fn columns(&self, conn: &Connection, table: &str) -> Result<Vec<String>, DbError> {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(|e| self.sql(e))?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql(e))?;
+        Ok(names)
+    }
+
+    /// A path column that holds either a `ValidPaths.id` or a store path.
+    fn path_cell(&self, part: &PathsPart, row: &rusqlite::Row<'_>, i: usize) -> PathId {
+        match row.get_ref_unwrap(i) {
+            rusqlite::types::ValueRef::Integer(id) => part.dense(id),
+            rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|p| self.store_dir.store_path_of(p).ok())
+                .and_then(|b| part.snap.paths.lookup(b))
+                .unwrap_or(NO_PATH),
+            _ => NO_PATH,
+        }
+    }
+
+    /// Content-addressed outputs from `Realisations` (Nix 2.4 to 2.34),
+    /// whose `drvPath` is `<hash modulo>!<output>`: matching it exactly
+    /// needs the derivation parsed and hashed, so a derivation named
+    /// `N.drv` is paired with every realised output named as Nix names
+    /// that derivation's outputs (see [`ca_name_key`]). That keeps at
+    /// least what Nix keeps. Returns whether any row was paired. O(n + r).
+    fn realisations(
+        &self,
+        conn: &Connection,
+        part: &PathsPart,
+        pairs: &mut Vec<(PathId, PathId)>,
+    ) -> Result<bool, DbError> {
+        let cols = self.columns(conn, "Realisations")?;
+        if !["outputName", "outputPath"]
+            .iter()
+            .all(|c| cols.iter().any(|n| n == c))
+        {
+            return Ok(false);
+        }
+        let paths = &part.snap.paths;
+        let mut drvs: HashMap<&str, Vec<PathId>> = HashMap::new();
+        for (i, base) in paths.iter().enumerate() {
+            if let Some(name) = name_of(base).strip_suffix(".drv") {
+                drvs.entry(name).or_default().push(i as PathId);
+            }
+        }
+        let mut stmt = conn
+            .prepare("SELECT outputName, outputPath FROM Realisations")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let mut matched = false;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let out = self.path_cell(part, row, 1);
+            let Ok(Some(output)) = row.get_ref_unwrap(0).as_str_or_null() else {
+                continue;
+            };
+            if out == NO_PATH {
+                continue;
+            }
+            let key = ca_name_key(name_of(paths.get(out)), output);
+            for &d in key.and_then(|k| drvs.get(k)).into_iter().flatten() {
+                pairs.push((d, out));
+                matched = true;
+            }
+        }
+        Ok(matched)
+    }
+
+    /// Content-addressed outputs from `BuildTraceV3` (Nix 2.35 on), whose
+    /// `drvPath` names the derivation itself: matched exactly.
+    fn build_trace(
+        &self,
+        conn: &Connection,
+        part: &PathsPart,
+        pairs: &mut Vec<(PathId, PathId)>,
+    ) -> Result<(), DbError> {
+        let cols = self.columns(conn, "BuildTraceV3")?;
+        if !["drvPath", "outputPath"]
+            .iter()
+            .all(|c| cols.iter().any(|n| n == c))
+        {
+            return Ok(());
+        }
+        let mut stmt = conn
+            .prepare("SELECT drvPath, outputPath FROM BuildTraceV3")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let (drv, out) = (self.path_cell(part, row, 0), self.path_cell(part, row, 1));
+            if drv != NO_PATH && out != NO_PATH {
+                pairs.push((drv, out));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name `N` of the derivation `N.drv` whose output `output_name` is
+/// named `name`: Nix names output `out` of `N` as `N` and any other output
+/// `o` as `N-o`, content-addressed or not. `None` when `name` cannot be
+/// such an output.
+pub fn ca_name_key<'a>(name: &'a str, output_name: &str) -> Option<&'a str> {
+    if output_name == "out" {
+        return Some(name);
+    }
+    name.strip_suffix(output_name)?.strip_suffix('-')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::synth::{generate, SynthSpec};
+
+    const H1: &str = "00000000000000000000000000000001";
+    const H2: &str = "00000000000000000000000000000002";
+    const H3: &str = "00000000000000000000000000000003";
+    const H4: &str = "00000000000000000000000000000004";
+
+    /// A hand-made database: `a.drv` (id 1), its CA outputs `a` (2) and
+    /// `a-dev` (3), and an unrelated `b` (4); `extra` creates the CA table.
+    fn ca_db(extra: &str) -> (Connection, StoreDir) {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&format!(
+            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT, \
+             registrationTime INTEGER, deriver TEXT, narSize INTEGER, \
+             ultimate INTEGER, sigs TEXT);
+             CREATE TABLE Refs (referrer INTEGER, reference INTEGER);
+             CREATE TABLE DerivationOutputs (drv INTEGER, id TEXT, path TEXT);
+             INSERT INTO ValidPaths VALUES
+               (1, '/s/{H1}-a.drv', 0, NULL, 1, 0, NULL),
+               (2, '/s/{H2}-a', 0, NULL, 1, 0, NULL),
+               (3, '/s/{H3}-a-dev', 0, NULL, 1, 0, NULL),
+               (4, '/s/{H4}-b', 0, NULL, 1, 0, NULL);
+             {extra}"
+        ))
+        .unwrap();
+        (c, StoreDir::new("/s"))
+    }
+
+    fn pairs_of(c: &Connection, sd: &StoreDir) -> (Vec<(String, String)>, bool) {
+        let s = read_snapshot_from(c, Path::new("db"), sd, true).unwrap();
+        let name = |i: PathId| name_of(s.paths.get(i)).to_string();
+        let p = s
+            .drv_outputs
+            .iter()
+            .map(|&(d, o)| (name(d), name(o)))
+            .collect();
+        (p, s.ca_by_name)
+    }
+
+    #[test]
+    fn realisations_pair_outputs_with_derivations_by_name() {
+        let (c, sd) = ca_db(
+            "CREATE TABLE Realisations (id INTEGER PRIMARY KEY, drvPath TEXT, \
+             outputName TEXT, outputPath INTEGER, signatures TEXT);
+             INSERT INTO Realisations VALUES
+               (1, 'sha256:x!out', 'out', 2, NULL),
+               (2, 'sha256:x!dev', 'dev', 3, NULL),
+               (3, 'sha256:y!out', 'dev', 4, NULL);",
+        );
+        let (p, by_name) = pairs_of(&c, &sd);
+        let want = [("a.drv", "a"), ("a.drv", "a-dev")];
+        let want: Vec<_> = want.iter().map(|&(a, b)| (a.into(), b.into())).collect();
+        assert_eq!(p, want);
+        assert!(by_name);
+    }
+
+    #[test]
+    fn build_trace_pairs_outputs_exactly_and_no_table_pairs_nothing() {
+        let (c, sd) = ca_db(&format!(
+            "CREATE TABLE BuildTraceV3 (id INTEGER PRIMARY KEY, drvPath TEXT, \
+             outputName TEXT, outputPath TEXT, signature TEXT);
+             INSERT INTO BuildTraceV3 VALUES (1, '/s/{H1}-a.drv', 'x', '/s/{H4}-b', NULL);"
+        ));
+        let (p, by_name) = pairs_of(&c, &sd);
+        assert_eq!(p, vec![("a.drv".to_string(), "b".to_string())]);
+        assert!(!by_name);
+        let (c, sd) = ca_db("");
+        assert_eq!(pairs_of(&c, &sd), (vec![], false));
+    }
+
+    #[test]
+    fn ca_name_key_strips_the_output_name() {
+        assert_eq!(ca_name_key("a", "out"), Some("a"));
+        assert_eq!(ca_name_key("a-dev", "dev"), Some("a"));
+        assert_eq!(ca_name_key("adev", "dev"), None);
+        assert_eq!(ca_name_key("b", "dev"), None);
+    }
 
     fn synth_store(paths: usize) -> (tempfile::TempDir, crate::synth::SynthStore, StoreDir) {
         synth_sparse(paths, 0)

@@ -323,6 +323,11 @@ impl std::ops::AddAssign<&Deletion> for Totals {
     }
 }
 
+/// The plan's warning when `Realisations` rows were paired with
+/// derivations by name rather than by hash modulo.
+pub const CA_BY_NAME_WARNING: &str =
+    "ca-derivations: outputs matched to derivations by name; keeps at least what Nix keeps";
+
 /// Everything about a plan that is not derived from the graph.
 #[derive(Debug, Clone)]
 pub struct PlanMeta {
@@ -420,6 +425,10 @@ impl Plan {
                 .iter()
                 .chain(&decision.warnings)
                 .cloned()
+                .chain(
+                    (snap.ca_by_name && meta.gc.keep_outputs)
+                        .then(|| CA_BY_NAME_WARNING.to_string()),
+                )
                 .collect(),
         }
     }

@@ -942,6 +942,13 @@ fn ctrl_c_to_the_process_group_stops_safely() {
     let run = running.finish();
     let report = run.expect_code(1).report();
     assert_eq!(report["interrupted"], Value::Bool(true), "{}", run.show());
+    // Said at once, not only in the final report.
+    assert!(
+        run.stderr
+            .contains("interrupted: stopping after the current batch"),
+        "{}",
+        run.show()
+    );
     // Nix stopped mid-batch; what it did not get to is listed as failed,
     // with Nix's reason, and nothing else failed.
     let failed = report["failed"].as_array().expect("failed");

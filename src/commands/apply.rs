@@ -24,13 +24,37 @@ impl Progress for Bar {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
-    let settings = super::resolve_settings(global)?;
-    // SIGINT/SIGTERM set the flag; apply stops between batches.
+/// SIGINT/SIGTERM set the stop flag; apply stops between batches. Each
+/// signal says at once, on stderr, what happens: the first that apply
+/// finishes the current batch and stops, a later one that it still does
+/// (a batch is never cut short: its database rows and files go together).
+fn watch_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        for (n, _) in signals.forever().enumerate() {
+            eprintln!("{}", stop_message(n));
+        }
+    });
+    Ok(stop)
+}
+
+/// What the `n`th stop signal (from 0) means, in words.
+fn stop_message(n: usize) -> &'static str {
+    if n == 0 {
+        "storegc: interrupted: stopping after the current batch (what it deletes stays deleted; run apply again to finish)"
+    } else {
+        "storegc: interrupted again: still finishing the current batch, then stopping; no valid path is left without its files either way (rows go before files)"
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
+    let settings = super::resolve_settings(global)?;
+    let stop = watch_signals()?;
     let opts = ApplyOptions {
         max_plan_age: args.max_plan_age,
         dry_run: args.dry_run,
@@ -201,6 +225,13 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("filesystem free space"), "{t}");
+    }
+
+    #[test]
+    fn stop_messages_say_what_happens() {
+        assert!(super::stop_message(0).contains("stopping after the current batch"));
+        assert!(super::stop_message(1).contains("still finishing the current batch"));
+        assert_eq!(super::stop_message(1), super::stop_message(5));
     }
 
     #[test]

@@ -123,7 +123,11 @@ pub fn evaluate_with(
     let dead_since = read_dead_since(settings, policy, state_file)?;
     let printer = Printer::new(global.quiet, global.verbose);
     let spinner = printer.spinner("loading");
-    let state = load(settings, &super::load_options(global))?;
+    let opts = crate::load::LoadOptions {
+        derivation_outputs: policy.protect.build_closures,
+        ..super::load_options(global)
+    };
+    let state = load(settings, &opts)?;
     spinner.set_message("evaluating");
     let mut inputs = policy::gather(
         policy,

@@ -1123,6 +1123,14 @@ order = "largest-first"
         );
         assert_eq!(cache.generations[0].keep_newest, Some(5));
         assert_eq!(cache.protect.closure_lists.len(), 1);
+        assert_eq!(cache.select.dead_for, Some(Duration::from_secs(7 * 86400)));
+        let ci = cache.auto_roots.as_ref().unwrap();
+        assert_eq!(ci.keep_newest, Some(3));
+        assert_eq!(
+            ci.group_by
+                .key("/var/lib/gitea-runner/native/fleet/nixos/job-9/result"),
+            Some("fleet\u{0}nixos".to_string())
+        );
         let low = load_policy(&dir.join("low-disk.toml")).unwrap();
         assert_eq!(low.budget.order, Order::LargestFirst);
         assert!(low.budget.until_free.is_some());

@@ -101,23 +101,32 @@ impl DeadSince {
     }
 
     /// The date of each valid path (`None`: not seen deletable before).
-    /// O(n log s).
+    /// O(n + s): one hash-index lookup per entry (entries of paths no
+    /// longer valid find nothing).
     pub fn since_by_id(&self, snap: &Snapshot) -> Vec<Option<i64>> {
-        (0..snap.len() as PathId)
-            .map(|id| self.get(hash_of(snap.paths.get(id))))
-            .collect()
+        let mut since = vec![None; snap.len()];
+        for (hash, time) in &self.entries {
+            let id = std::str::from_utf8(hash)
+                .ok()
+                .and_then(|h| snap.paths.lookup_hash(h));
+            if let Some(id) = id {
+                since[id as usize] = Some(*time);
+            }
+        }
+        since
     }
 
     /// The state after a run that found `dead` (ids of `snap`) deletable
     /// at `now`: each keeps its date, or starts one now; every other path
-    /// (live again, or gone) loses its date. Pure; O(d log d + d log s).
+    /// (live again, or gone) loses its date. Pure; O(n + s + d log d).
     pub fn next(&self, snap: &Snapshot, dead: &[PathId], now: i64) -> DeadSince {
+        let since = self.since_by_id(snap);
         let mut entries: Vec<([u8; HASH_LEN], i64)> = dead
             .iter()
             .filter_map(|&id| {
                 let hash = hash_of(snap.paths.get(id));
                 let key: [u8; HASH_LEN] = hash.as_bytes().try_into().ok()?;
-                Some((key, self.get(hash).unwrap_or(now)))
+                Some((key, since[id as usize].unwrap_or(now)))
             })
             .collect();
         entries.sort_unstable();
@@ -261,10 +270,14 @@ pub fn default_file(state_dir: &Path) -> PathBuf {
 /// ascending.
 fn decode_entries(bytes: &[u8]) -> Result<Vec<([u8; HASH_LEN], i64)>, String> {
     const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut valid = [false; 256];
+    for &c in ALPHABET {
+        valid[c as usize] = true;
+    }
     let mut entries: Vec<([u8; HASH_LEN], i64)> = Vec::with_capacity(bytes.len() / ENTRY);
     for (i, chunk) in bytes.chunks_exact(ENTRY).enumerate() {
         let hash: [u8; HASH_LEN] = chunk[..HASH_LEN].try_into().expect("entry size");
-        if !hash.iter().all(|b| ALPHABET.contains(b)) {
+        if !hash.iter().all(|&b| valid[b as usize]) {
             return Err(format!("entry {i} is not a store hash"));
         }
         if entries.last().is_some_and(|l| l.0 >= hash) {

@@ -659,13 +659,34 @@ pub fn explain(
                 .filter(|&id| !crate::policy::eval::selected(snap, id, v.policy, v.now))
                 .collect::<Vec<_>>()
         };
-        let categories: [(&str, &dyn Fn() -> Vec<PathId>); 4] = [
+        let build = || {
+            if !v.policy.protect.build_closures {
+                return Vec::new();
+            }
+            let mut listed = v.inputs.closure_list_ids.clone();
+            listed.extend(&v.inputs.protected_path_ids);
+            crate::policy::build_closure(snap, &listed)
+        };
+        // The deletable paths whose date in the state is younger than
+        // the window (or missing).
+        let window = || match v.policy.select.dead_for {
+            Some(d) => (v.decision.dead.iter().copied())
+                .filter(|&id| {
+                    let since = v.inputs.dead_since.get(id as usize).copied().flatten();
+                    (v.now.saturating_sub(since.unwrap_or(v.now)) as u64) < d.as_secs()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let categories: [(&str, &dyn Fn() -> Vec<PathId>); 6] = [
             ("protect.closure-lists", &|| {
                 v.inputs.closure_list_ids.clone()
             }),
             ("protect.paths", &|| v.inputs.protected_path_ids.clone()),
             ("protect.names", &by_name),
+            ("protect.build-closures", &build),
             ("not selected by the policy ([select])", &unselected),
+            ("the rollback window (select.dead-for)", &window),
         ];
         for (label, ids) in categories {
             let seeds: Vec<(Source, PathId)> = ids()

@@ -374,42 +374,14 @@ pub fn evaluate(
         .collect();
     mark(graph, &mut label, &unselected, UNSELECTED);
     if let Some(d) = policy.select.dead_for {
-        let young = |id: PathId| {
-            let since = inputs.dead_since.get(id as usize).copied().flatten();
-            now.saturating_sub(since.unwrap_or(now)) < secs(d)
+        let w = Window {
+            graph,
+            root_ids,
+            dead_for: secs(d),
+            now,
         };
-        let kept: Vec<PathId> = (decision.dead.iter().copied())
-            .filter(|&id| label[id as usize] == 0 && young(id))
-            .collect();
-        mark(graph, &mut label, &kept, WINDOW);
-        decision.window = Some(WindowOutcome {
-            dead_for_secs: d.as_secs(),
-            first_run: inputs.dead_since_missing,
-            tracked: decision.dead.len() as u64,
-        });
-        // A root whose target the window keeps stays too, so a rollback
-        // within the window still finds its generation.
-        let mut target = vec![NO_PATH; roots.len()];
-        for &(i, id) in root_ids {
-            if i < target.len() {
-                target[i] = id;
-            }
-        }
-        decision.expired_roots.retain(|e| {
-            let t = target[e.root];
-            t == NO_PATH || label[t as usize] != WINDOW
-        });
-        for flags in [&mut expired_gen, &mut expired_auto] {
-            for f in flags.iter_mut() {
-                *f = false;
-            }
-        }
-        for e in &decision.expired_roots {
-            match e.why {
-                Expiry::Generation { .. } => expired_gen[e.root] = true,
-                Expiry::AutoRoot { .. } => expired_auto[e.root] = true,
-            }
-        }
+        w.keep(inputs, &mut label, &mut decision);
+        w.unexpire(&decision.expired_roots, &mut expired_gen, &mut expired_auto);
     }
 
     let in_set: Vec<bool> = label.iter().map(|&l| l == 0).collect();
@@ -534,6 +506,56 @@ pub fn evaluate(
         }
     }
     decision
+}
+
+/// The rollback window's part of [`evaluate`].
+struct Window<'a> {
+    graph: &'a Graph,
+    root_ids: &'a [(usize, PathId)],
+    dead_for: i64,
+    now: i64,
+}
+
+impl Window<'_> {
+    /// Labels the closure of every dead path whose date (from the state)
+    /// is missing or younger than the window, and drops the expired roots
+    /// whose target it keeps (a rollback within the window still finds its
+    /// generation). O(n + e + r).
+    fn keep(&self, inputs: &PolicyInputs, label: &mut [u8], decision: &mut Decision) {
+        let young = |id: PathId| {
+            let since = inputs.dead_since.get(id as usize).copied().flatten();
+            self.now.saturating_sub(since.unwrap_or(self.now)) < self.dead_for
+        };
+        let kept: Vec<PathId> = (decision.dead.iter().copied())
+            .filter(|&id| label[id as usize] == 0 && young(id))
+            .collect();
+        mark(self.graph, label, &kept, WINDOW);
+        decision.window = Some(WindowOutcome {
+            dead_for_secs: self.dead_for as u64,
+            first_run: inputs.dead_since_missing,
+            tracked: decision.dead.len() as u64,
+        });
+        let target: std::collections::HashMap<usize, PathId> =
+            self.root_ids.iter().copied().collect();
+        decision.expired_roots.retain(|e| {
+            target
+                .get(&e.root)
+                .is_none_or(|&t| label[t as usize] != WINDOW)
+        });
+    }
+
+    /// Resets the expired-root flags to the roots still expired.
+    fn unexpire(&self, expired: &[ExpiredRoot], gen: &mut [bool], auto: &mut [bool]) {
+        gen.iter_mut()
+            .chain(auto.iter_mut())
+            .for_each(|f| *f = false);
+        for e in expired {
+            match e.why {
+                Expiry::Generation { .. } => gen[e.root] = true,
+                Expiry::AutoRoot { .. } => auto[e.root] = true,
+            }
+        }
+    }
 }
 
 /// Per root, whether `[auto-roots] keep-newest` keeps it: among the

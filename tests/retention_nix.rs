@@ -345,10 +345,8 @@ impl Db {
         };
         let drvs = self.reach(&self.references, &[d]);
         let mut out: Vec<usize> = (0..self.paths.len()).filter(|&i| drvs[i]).collect();
-        for i in 0..self.paths.len() {
-            if drvs[i] {
-                out.extend(&self.outputs[i]);
-            }
+        for (outputs, _) in self.outputs.iter().zip(&drvs).filter(|(_, &d)| d) {
+            out.extend(outputs);
         }
         out
     }

@@ -225,7 +225,10 @@ fn window_keeps_then_lets_go_and_apply_updates_the_state() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(c.store.invalid_among(&[c.rooted.clone()]).is_empty());
+    assert!(c
+        .store
+        .invalid_among(std::slice::from_ref(&c.rooted))
+        .is_empty());
     assert_eq!(c.store.invalid_among(&dead).len(), dead.len());
     assert!(
         c.state_entries().is_empty(),
@@ -302,8 +305,11 @@ fn apply_keeps_what_the_window_keeps_at_apply_time() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(kept, [c.top.as_str()], "{report}");
-    assert!(c.store.invalid_among(&[c.top.clone()]).is_empty());
-    assert_eq!(c.store.invalid_among(&[c.dep.clone()]).len(), 1);
+    assert!(c
+        .store
+        .invalid_among(std::slice::from_ref(&c.top))
+        .is_empty());
+    assert_eq!(c.store.invalid_among(std::slice::from_ref(&c.dep)).len(), 1);
     // The state forgot the deleted dep; top keeps its new date.
     let left: Vec<String> = c.state_entries().into_iter().map(|e| e.0).collect();
     assert_eq!(left, [hash_of(&c.top)]);

@@ -540,7 +540,7 @@ impl Window<'_> {
         decision.expired_roots.retain(|e| {
             target
                 .get(&e.root)
-                .is_none_or(|&t| label[t as usize] != WINDOW)
+                .map_or(true, |&t| label[t as usize] != WINDOW)
         });
     }
 

@@ -193,6 +193,20 @@ fn window_keeps_then_lets_go_and_apply_updates_the_state() {
     assert!(text.contains("rollback window 7 days: kept"), "{text}");
     assert!(text.contains("first run: no state yet"), "{text}");
     assert!(text.contains("by the rollback window"), "{text}");
+    let md = c
+        .store
+        .storegc(&[
+            OsString::from("plan"),
+            "--policy".into(),
+            c.policy.clone().into(),
+            "--format".into(),
+            "markdown".into(),
+        ])
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(md.contains("| kept by the rollback window | 2 |"), "{md}");
+    assert!(md.contains("rollback window 7 days: kept 2 paths"), "{md}");
 
     let before = now();
     let plan = c.plan(true);

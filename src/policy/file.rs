@@ -1097,6 +1097,65 @@ order = "largest-first"
     }
 
     #[test]
+    fn retention_keys_parse_and_say_what_they_mean() {
+        let p = parse(
+            "[protect]\nclosure-lists = [\"l.txt\"]\nbuild-closures = true\n[select]\ndead-for = \"7d\"\n\
+             [auto-roots]\nolder-than = \"14d\"\nmatch = [\"*/result\"]\nkeep-newest = 3\n\
+             group-by = \"/ci/(*)/**\"\n",
+        )
+        .unwrap();
+        assert!(p.protect.build_closures);
+        assert_eq!(p.select.dead_for, Some(Duration::from_secs(7 * 86400)));
+        let a = p.auto_roots.as_ref().unwrap();
+        assert_eq!(a.keep_newest, Some(3));
+        assert_eq!(a.group_by.key("/ci/web/7/result"), Some("web".into()));
+        let words = p.describe();
+        assert!(
+            words.contains(
+                "Rollback window: a path goes only once storegc has seen it deletable for 7 days"
+            ),
+            "{words}"
+        );
+        assert!(
+            words.contains("The 3 newest links of each group"),
+            "{words}"
+        );
+        assert!(words.contains("deriver's closure"), "{words}");
+        let d = parse("[auto-roots]\nolder-than = \"1d\"\nmatch = []\nkeep-newest = 1\n").unwrap();
+        assert_eq!(d.auto_roots.unwrap().group_by, GroupBy::Folder);
+    }
+
+    #[test]
+    fn bad_retention_values_name_file_line_and_key() {
+        assert_error(
+            "[select]\ndead-for = \"a week\"\n",
+            "policies/x.toml:2: select.dead-for: invalid duration",
+            "",
+        );
+        let auto = "[auto-roots]\nolder-than = \"1d\"\nmatch = []\n";
+        assert_error(
+            &format!("{auto}keep-newest = -2\n"),
+            "policies/x.toml:4: auto-roots.keep-newest: ",
+            "not a number of links",
+        );
+        assert_error(
+            &format!("{auto}keep-newest = 2\ngroup-by = \"/ci/*/result\"\n"),
+            "policies/x.toml:5: auto-roots.group-by: ",
+            "no ( ) capture",
+        );
+        assert_error(
+            &format!("{auto}group-by = \"folder\"\n"),
+            "policies/x.toml:4: auto-roots.group-by: ",
+            "without keep-newest",
+        );
+        assert_error(
+            "[protect]\nbuild-closures = \"yes\"\n",
+            "policies/x.toml:2: protect.build-closures: ",
+            "invalid type",
+        );
+    }
+
+    #[test]
     fn missing_policy_file_is_one_line() {
         let err = load_policy(Path::new("/nonexistent/p.toml"))
             .unwrap_err()

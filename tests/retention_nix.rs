@@ -147,7 +147,14 @@ fn keep_newest_per_ci_repository() {
         ("alice", "api", false),
         ("bob", "tool", true),
     ] {
-        for j in 0..rng.range(3, 6) {
+        // bob's jobs are all old: by folder each is its own group (kept),
+        // by repository only the two newest stay.
+        let (jobs, min_age) = if per_job {
+            (rng.range(4, 6), 20)
+        } else {
+            (rng.range(3, 6), 0)
+        };
+        for j in 0..jobs {
             let dir = ci.join(owner).join(repo);
             let link = if per_job {
                 dir.join(format!("job-{j}")).join("result")
@@ -159,7 +166,7 @@ fn keep_newest_per_ci_repository() {
             let link = store.nix_build_link(&real, &graph, node, &outs[0], &link);
             stamp += 1;
             // Distinct times: ages from 0 to 50 days, a second apart.
-            let mtime = t0 - rng.below(50) as i64 * DAY - stamp;
+            let mtime = t0 - (min_age + rng.below(30) as i64) * DAY - stamp;
             set_link_mtime(&link, mtime);
             links.push(Link {
                 path: link,
@@ -469,4 +476,118 @@ fn build_closures_of_a_listed_toplevel() {
     let all: BTreeSet<String> = db.paths.iter().cloned().collect();
     let left: BTreeSet<String> = all.difference(&want).cloned().collect();
     assert_eq!(after, left, "apply deleted something else than the plan");
+}
+
+/// Apply re-evaluates build closures: the closure list rewritten between
+/// plan and apply to name another toplevel keeps that toplevel's build
+/// closure ("kept: protected now"), exactly what this test computes.
+#[test]
+fn apply_keeps_the_build_closure_of_a_toplevel_listed_after_the_plan() {
+    if !common::nix_available("apply_keeps_the_build_closure_of_a_toplevel_listed_after_the_plan") {
+        return;
+    }
+    let seed = seed(20_261_204);
+    eprintln!("retention_nix: seed {seed}");
+    let mut rng = Rng::new(seed);
+    let store = NixStore::new();
+    let graph = Graph::random(&mut rng, 28, "n");
+    let build: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&i| graph.nodes[i].is_derivation())
+        .collect();
+    let real = store.realise_graph(&graph, &build);
+    let db = Db::read(&store);
+    let outputs: Vec<usize> = (build.iter())
+        .flat_map(|&i| real.nodes[i].outputs.values())
+        .filter_map(|p| db.index.get(p).copied())
+        .collect();
+    let edges = db.live_edges();
+    // Two toplevels: the first is listed when planning; the second, listed
+    // before apply, has a build closure the plan deletes part of.
+    let keep_of = |t: usize| {
+        let mut seeds = db.build_closure(t);
+        seeds.push(t);
+        db.reach(&edges, &seeds)
+    };
+    let first = *outputs
+        .iter()
+        .max_by_key(|&&t| (db.build_closure(t).len(), db.paths[t].clone()))
+        .expect("an output");
+    let kept_first = keep_of(first);
+    // What only the build closure of `t` keeps (not its own closure, not
+    // the first's keep set).
+    let extra = |t: usize| {
+        let plain = db.reach(&edges, &[t]);
+        let keep = keep_of(t);
+        (0..db.paths.len())
+            .filter(|&i| keep[i] && !plain[i] && !kept_first[i])
+            .count()
+    };
+    let second = *outputs
+        .iter()
+        .filter(|&&t| !kept_first[t])
+        .max_by_key(|&&t| (extra(t), db.paths[t].clone()))
+        .expect("an output the first keeps nothing of");
+    assert!(
+        extra(second) > 0,
+        "seed {seed}: no second toplevel with a build closure of its own"
+    );
+
+    let dir = store.root().join("etc");
+    let list = dir.join("hosts.txt");
+    std::fs::write(&list, format!("{}\n", db.paths[first])).expect("list");
+    let policy = dir.join("storegc.toml");
+    std::fs::write(
+        &policy,
+        "[protect]\nclosure-lists = [\"hosts.txt\"]\nbuild-closures = true\n",
+    )
+    .expect("policy");
+    let plan_file = store.root().join("plan.json");
+    run_ok(&mut store.storegc(&[
+        OsString::from("plan"),
+        "--policy".into(),
+        policy.clone().into(),
+        "--out".into(),
+        plan_file.clone().into(),
+    ]));
+    let planned: Value =
+        serde_json::from_slice(&std::fs::read(&plan_file).expect("plan")).expect("plan JSON");
+    let planned = deleted(&planned);
+    std::fs::write(&list, format!("{}\n", db.paths[second])).expect("list");
+    let out = run_ok(&mut store.storegc(&[
+        OsString::from("apply"),
+        plan_file.into(),
+        "--format".into(),
+        "json".into(),
+    ]));
+    let report: Value = serde_json::from_str(&out).expect("apply JSON");
+    let kept_now: BTreeSet<String> = report["kept_protected_now"]
+        .as_array()
+        .expect("kept_protected_now")
+        .iter()
+        .map(|v| v.as_str().expect("path").to_string())
+        .collect();
+    let kept_second = keep_of(second);
+    let want: BTreeSet<String> = (0..db.paths.len())
+        .filter(|&i| kept_second[i] && planned.contains(&db.paths[i]))
+        .map(|i| db.paths[i].clone())
+        .collect();
+    assert!(
+        !want.is_empty(),
+        "seed {seed}: the second toplevel needs nothing planned"
+    );
+    let plain = db.reach(&edges, &[second]);
+    assert!(
+        want.iter().any(|p| !plain[db.index[p]]),
+        "seed {seed}: listing the second protects all of it even without build-closures"
+    );
+    assert_eq!(kept_now, want, "seed {seed}: kept at apply time");
+    let after = store.valid_paths();
+    let needed: BTreeSet<String> = (0..db.paths.len())
+        .filter(|&i| kept_second[i])
+        .map(|i| db.paths[i].clone())
+        .collect();
+    assert!(
+        needed.is_subset(&after),
+        "apply deleted part of the new build closure"
+    );
 }

@@ -519,8 +519,9 @@ struct Window<'a> {
 impl Window<'_> {
     /// Labels the closure of every dead path whose date (from the state)
     /// is missing or younger than the window, and drops the expired roots
-    /// whose target it keeps (a rollback within the window still finds its
-    /// generation). O(n + e + r).
+    /// whose target is such a path (a rollback within the window still
+    /// finds its generation; the target's closure is kept, by the window or
+    /// by an earlier category). O(n + e + r log n).
     fn keep(&self, inputs: &PolicyInputs, label: &mut [u8], decision: &mut Decision) {
         let young = |id: PathId| {
             let since = inputs.dead_since.get(id as usize).copied().flatten();
@@ -537,10 +538,11 @@ impl Window<'_> {
         });
         let target: std::collections::HashMap<usize, PathId> =
             self.root_ids.iter().copied().collect();
+        let dead = &decision.dead;
         decision.expired_roots.retain(|e| {
-            target
+            !target
                 .get(&e.root)
-                .map_or(true, |&t| label[t as usize] != WINDOW)
+                .is_some_and(|&t| young(t) && dead.binary_search(&t).is_ok())
         });
     }
 
@@ -1945,6 +1947,40 @@ mod tests {
             // Enough is taken, unless the candidates run out.
             prop_assert!(freed >= lo.min(candidates));
             prop_assert_eq!(small.reasons.len(), small.delete.len());
+        }
+
+        #[test]
+        fn rollback_window_only_narrows_and_stays_closed(
+            c in case(),
+            window in 0i64..20,
+            dates in proptest::collection::vec(proptest::option::of(0i64..40), 50),
+        ) {
+            let mut b = build(&c);
+            let without = as_set(c.n, &run(&b, &b.policy).delete);
+            let mut p = b.policy.clone();
+            p.select.dead_for = Some(days(window));
+            b.inputs.dead_since = (0..c.n).map(|i| dates[i].map(|d| NOW - d * DAY)).collect();
+            let d = run(&b, &p);
+            let del = as_set(c.n, &d.delete);
+            for &(u, v) in &c.edges {
+                prop_assert!(!del[v as usize] || del[u as usize], "{} kept, refers to deleted {}", u, v);
+            }
+            for &id in &d.delete {
+                prop_assert!(without[id as usize], "the window deleted {} the policy keeps", id);
+                // Age in days; no date means first seen now.
+                let age = dates[id as usize].unwrap_or(0);
+                prop_assert!(age >= window, "{} deleted within the window", id);
+                prop_assert!(d.dead.binary_search(&id).is_ok());
+            }
+            // No expired root holds a path the window keeps.
+            for e in &d.expired_roots {
+                let id = b.root_ids[e.root].1 as usize;
+                let young = dates[id].unwrap_or(0) < window;
+                prop_assert!(!(d.dead.contains(&(id as PathId)) && young && !del[id]), "root {} expired, its target kept by the window", e.root);
+            }
+            let mut accounted = d.kept.total();
+            accounted += d.by_reason.total();
+            prop_assert_eq!(accounted.paths, c.n as u64);
         }
 
         #[test]

@@ -208,6 +208,26 @@ fn window_keeps_then_lets_go_and_apply_updates_the_state() {
     assert!(md.contains("| kept by the rollback window | 2 |"), "{md}");
     assert!(md.contains("rollback window 7 days: kept 2 paths"), "{md}");
 
+    // explain names the window as what keeps a deletable path.
+    let ex = c
+        .store
+        .storegc(&[
+            OsString::from("explain"),
+            c.top.clone().into(),
+            "--policy".into(),
+            c.policy.clone().into(),
+            "--format".into(),
+            "json".into(),
+        ])
+        .output()
+        .unwrap();
+    let ex: Value = serde_json::from_slice(&ex.stdout).expect("explain JSON");
+    assert_eq!(ex["status"], "protected", "{ex}");
+    assert_eq!(
+        ex["reason"], "kept by the rollback window (select.dead-for)",
+        "{ex}"
+    );
+
     let before = now();
     let plan = c.plan(true);
     let after = now();

@@ -17,6 +17,14 @@ use crate::settings::Settings;
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let policy = resolve_policy(&args.policy)?;
+    if let Some(below) = args.only_if_available_below {
+        let space = measure_space(&settings)?;
+        let threshold = below.bytes(space.size);
+        if space.available >= threshold {
+            eprintln!("{}", nothing_to_do(&settings, space, below, threshold));
+            return Ok(ExitCode::Success);
+        }
+    }
     let no_db = !crate::db::db_path(&settings.state_dir).exists();
     let plan = if no_db && args.demo_if_no_store {
         None
@@ -83,10 +91,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         &settings.store_dir,
         &settings.state_dir,
     )?;
-    let available = policy
-        .budget
-        .until_free
-        .and_then(|_| crate::load::available_bytes(settings.store_dir.as_str()));
+    let space = fs_space(settings.store_dir.as_str());
     let now = super::now();
     let decision = policy::evaluate(
         &state.snap,
@@ -96,7 +101,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         policy,
         &inputs,
         now,
-        available,
+        space,
     );
     spinner.finish_and_clear();
     for w in &decision.warnings {
@@ -108,6 +113,52 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         decision,
         now,
     })
+}
+
+/// The size of and the space available on the filesystem holding `dir`
+/// (statvfs: `f_blocks` and `f_bavail` times `f_frsize`); `None` when it
+/// cannot be read, which is "unknown", never "full" or "empty".
+pub fn fs_space(dir: &str) -> Option<policy::Space> {
+    let c = std::ffi::CString::new(dir).ok()?;
+    // SAFETY: all-zero bytes are a valid statvfs (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some(policy::Space {
+        size: (st.f_blocks as u64).checked_mul(frsize)?,
+        available: (st.f_bavail as u64).checked_mul(frsize)?,
+    })
+}
+
+/// [`fs_space`] of the store, or the bad-input error naming it.
+fn measure_space(settings: &Settings) -> Result<policy::Space> {
+    let dir = settings.store_dir.as_str();
+    fs_space(dir).with_context(|| {
+        format!("{dir}: cannot measure the space available on the store's filesystem (--only-if-available-below)")
+    })
+}
+
+/// The line `--only-if-available-below` prints when there is room enough.
+fn nothing_to_do(
+    settings: &Settings,
+    space: policy::Space,
+    below: policy::Amount,
+    threshold: u64,
+) -> String {
+    let of = if below.is_share() {
+        format!(" ({below} of {})", report::human_bytes(space.size))
+    } else {
+        String::new()
+    };
+    format!(
+        "storegc: nothing to do: {} available on the filesystem of {}, not below {}{of}",
+        report::human_bytes(space.available),
+        settings.store_dir.as_str(),
+        report::human_bytes(threshold),
+    )
 }
 
 /// Loads the store, evaluates the policy and assembles the plan.

@@ -111,6 +111,27 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         )),
         _ => panic!("nix/check.sh failed ({}):\n{log}", out.status),
     }
+    // The units, the low-disk units and the preview path unit were among
+    // those verified.
+    if out.status.code() == Some(0) {
+        let verified = log
+            .lines()
+            .find_map(|l| l.strip_prefix("nix/check.sh: systemd-analyze verify: "))
+            .expect("check.sh names the units it verified");
+        for unit in [
+            "storegc.service",
+            "storegc.timer",
+            "storegc-low-disk.service",
+            "storegc-low-disk.timer",
+            "storegc-preview.service",
+            "storegc-preview.path",
+        ] {
+            assert!(
+                verified.split(' ').any(|u| u == unit),
+                "{unit} not verified: {verified}"
+            );
+        }
+    }
     if !eval_json.exists() {
         return;
     }
@@ -137,6 +158,15 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
     // derives the unit from the instance name; systemd-escape says how.
     let names: Vec<String> = serde_json::from_value(eval["runnerNames"].clone()).unwrap();
     let units: Vec<String> = serde_json::from_value(eval["runnerUnits"].clone()).unwrap();
+    // Several wrong option types were tried, and each was an error.
+    let type_errors: Vec<Vec<String>> = serde_json::from_value(eval["typeErrors"].clone()).unwrap();
+    assert!(type_errors.len() >= 10, "{type_errors:?}");
+    for option in ["enable", "keepReports", "lowDisk", "startAt", "policy"] {
+        assert!(
+            type_errors.iter().any(|o| o.iter().any(|n| n == option)),
+            "no wrong type of {option} tried: {type_errors:?}"
+        );
+    }
     let mut want: Vec<String> = names
         .iter()
         .map(|n| {
@@ -178,19 +208,30 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
 
 /// The names declared under `options.services.storegc` in nix/module.nix:
 /// each `name = mkOption {` or `name = mkEnableOption ...` at the first
-/// level of that attribute set.
+/// level of that attribute set, and `group.name` for those one level down
+/// in a `group = {` (as `lowDisk`).
 fn module_option_names() -> Vec<String> {
     let module = read("nix/module.nix");
     let start = module
         .find("options.services.storegc = {")
         .expect("options.services.storegc in nix/module.nix");
     let mut names = Vec::new();
+    let mut group: Option<String> = None;
     for line in module[start..].lines().skip(1) {
         if line == "  };" {
             break;
         }
-        // Four spaces: the first level inside `options.services.storegc`.
-        let Some(rest) = line.strip_prefix("    ") else {
+        if line == "    };" {
+            group = None;
+            continue;
+        }
+        // Four spaces: the first level inside `options.services.storegc`;
+        // six: inside a group.
+        let (indent, prefix) = match &group {
+            Some(g) => ("      ", format!("{g}.")),
+            None => ("    ", String::new()),
+        };
+        let Some(rest) = line.strip_prefix(indent) else {
             continue;
         };
         if rest.starts_with(' ') {
@@ -198,7 +239,9 @@ fn module_option_names() -> Vec<String> {
         }
         if let Some((name, value)) = rest.split_once(" = ") {
             if value.starts_with("mkOption") || value.starts_with("mkEnableOption") {
-                names.push(name.to_string());
+                names.push(format!("{prefix}{name}"));
+            } else if value == "{" && group.is_none() {
+                group = Some(name.to_string());
             }
         }
     }
@@ -377,6 +420,86 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
     let out = nightly(&store, &policy, &reports);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(names(&reports, "report-"), now);
+}
+
+/// The low-disk run as the units make it: the nightly script under its
+/// own run name with `--only-if-available-below`. Above the threshold
+/// nothing is planned, applied or written; below it the run plans and
+/// applies like the nightly one, into files of its own name, and the
+/// nightly run's files are not pruned by it.
+#[test]
+fn low_disk_run_acts_only_below_the_threshold_under_its_own_names() {
+    if !nix_available("low_disk_run_acts_only_below_the_threshold_under_its_own_names") {
+        return;
+    }
+    let store = NixStore::new();
+    let garbage = store.add_text("garbage", "garbage");
+    let reports = store.root().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let policy = store.root().join("low-disk.toml");
+    std::fs::write(&policy, "").unwrap();
+    std::fs::write(reports.join("report-20000101T000000Z.md"), "nightly").unwrap();
+    let low_disk = |below: &str| {
+        store
+            .command("bash")
+            .arg(repo().join("nix/storegc-nightly.sh"))
+            .args(["--only-if-available-below", below])
+            .env("STOREGC", storegc_bin())
+            .env("STOREGC_POLICY", &policy)
+            .env("STOREGC_REPORT_DIR", &reports)
+            .env("STOREGC_KEEP_REPORTS", "1")
+            .env("STOREGC_RUN_NAME", "low-disk")
+            .output()
+            .expect("running storegc-nightly.sh")
+    };
+
+    // 0% is never above what is available: nothing to do.
+    let out = low_disk("0%");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing to do"), "{stderr}");
+    assert!(Path::new(&garbage).exists(), "deleted with nothing to do");
+    assert_eq!(
+        names(&reports, ""),
+        ["report-20000101T000000Z.md"],
+        "files written with nothing to do"
+    );
+
+    // 100%: a filesystem in use always has less available than its size.
+    let out = low_disk("100%");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(&garbage).exists(),
+        "the low-disk run deleted nothing"
+    );
+    let report = names(&reports, "low-disk-report-");
+    assert_eq!(report.len(), 1);
+    assert_eq!(names(&reports, "low-disk-plan-").len(), 1);
+    assert_eq!(
+        std::fs::read_link(reports.join("low-disk-latest.md")).unwrap(),
+        PathBuf::from(&report[0])
+    );
+    assert!(
+        reports.join("report-20000101T000000Z.md").exists(),
+        "the low-disk run pruned a nightly report"
+    );
+    assert!(!reports.join("latest.md").exists());
+
+    // A run name that would make odd file names is refused.
+    let out = store
+        .command("bash")
+        .arg(repo().join("nix/storegc-nightly.sh"))
+        .env("STOREGC", storegc_bin())
+        .env("STOREGC_POLICY", &policy)
+        .env("STOREGC_REPORT_DIR", &reports)
+        .env("STOREGC_RUN_NAME", "../x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -164,6 +164,11 @@ pub struct ApplyArgs {
     /// With --delete-with storegc: paths per database transaction
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk_size: usize,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,6 +209,11 @@ pub struct PlanArgs {
     /// no plan and exit 0 (for a low-disk timer)
     #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
     pub only_if_available_below: Option<crate::policy::Amount>,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,14 +14,52 @@ use crate::progress::Printer;
 use crate::report;
 use crate::settings::Settings;
 
+/// What a plan run saw, for its metrics.
+#[derive(Default)]
+struct Seen {
+    plan: Option<Plan>,
+    space: Option<policy::Space>,
+    nothing_to_do: bool,
+}
+
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
+    let (started, clock) = (super::now(), std::time::Instant::now());
+    let mut seen = Seen::default();
+    let result = plan_and_emit(global, args, &mut seen);
+    let Some(file) = &args.metrics else {
+        return result;
+    };
+    let run = crate::metrics::Run {
+        command: "plan",
+        policy: args.policy.policy.as_deref().map(crate::plan::absolute),
+        started,
+        duration: clock.elapsed(),
+        exit: *result.as_ref().unwrap_or(&ExitCode::BadInput),
+    };
+    let metrics = crate::metrics::plan(&run, seen.plan.as_ref(), seen.space, seen.nothing_to_do);
+    let written = crate::metrics::write(file, &metrics.render());
+    match (result, written) {
+        (Ok(code), Ok(())) => Ok(code),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), written) => {
+            if let Err(w) = written {
+                eprintln!("storegc: {w}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let policy = resolve_policy(&args.policy)?;
+    seen.space = fs_space(settings.store_dir.as_str());
     if let Some(below) = args.only_if_available_below {
         let space = measure_space(&settings)?;
         let threshold = below.bytes(space.size);
         if space.available >= threshold {
             eprintln!("{}", nothing_to_do(&settings, space, below, threshold));
+            seen.nothing_to_do = true;
             return Ok(ExitCode::Success);
         }
     }
@@ -53,6 +91,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
         write_plan_file(&plan, out)?;
     }
     emit(&plan, args.format)?;
+    seen.plan = Some(plan);
     Ok(ExitCode::Success)
 }
 

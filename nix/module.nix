@@ -122,7 +122,7 @@ let
     ReadWritePaths = [
       "/nix/var/nix"
       cfg.reportDir
-    ] ++ optional local "/nix/store";
+    ] ++ optional local "/nix/store" ++ optional (cfg.metricsDir != null) cfg.metricsDir;
     # Read-only, not true/tmpfs: indirect roots (`result` links made by
     # nix build) live in home directories, and a root whose link storegc
     # cannot see would count as gone.
@@ -193,6 +193,11 @@ let
     STOREGC_REPORT_DIR = cfg.reportDir;
     STOREGC_KEEP_REPORTS = toString cfg.keepReports;
     STOREGC_MAX_PLAN_AGE = cfg.maxPlanAge;
+  }
+  // optionalAttrs (cfg.metricsDir != null) {
+    # storegc-<run>-plan.prom and storegc-<run>-apply.prom, run being
+    # nightly or low-disk (the preview writes none).
+    STOREGC_METRICS_DIR = cfg.metricsDir;
   }
   // optionalAttrs cfg.deleteThroughDaemon {
     # nix-store --delete goes through nix-daemon, which already has
@@ -362,6 +367,22 @@ in
       '';
     };
 
+    metricsDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter-text-files";
+      description = ''
+        The folder of node_exporter's textfile collector
+        (`--collector.textfile.directory`): each run writes
+        storegc-nightly-plan.prom and storegc-nightly-apply.prom there
+        (storegc-low-disk-*.prom for the low-disk run), atomically, with
+        the last run's time, duration and result, what was planned and
+        deleted per reason, what was kept per protection, the store's
+        size and failures. Created (root, 0755) when missing. Off (null)
+        by default.
+      '';
+    };
+
     lowDisk = {
       enable = mkEnableOption "a low-disk run: every `lowDisk.interval`, plan and apply `lowDisk.policy`, but only while the store's filesystem has less than `lowDisk.below` available";
 
@@ -455,7 +476,7 @@ in
         # setgid: lists written by the CI job keep the group.
         "d ${stateDir} 2775 root ${cfg.closureListGroup} - -"
         "d ${cfg.reportDir} 0755 root root - -"
-      ];
+      ] ++ optional (cfg.metricsDir != null) "d ${cfg.metricsDir} 0755 root root - -";
 
       systemd.services.storegc = {
         description = "storegc: plan and apply the Nix store GC policy";

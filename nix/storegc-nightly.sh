@@ -23,6 +23,10 @@
 #                         "low-disk": the files of any other run are named
 #                         NAME-plan-*, NAME-report-*, NAME-latest.md, so
 #                         each run keeps its own newest N
+#   STOREGC_METRICS_DIR   when set, plan and apply write Prometheus metrics
+#                         there: storegc-RUN-plan.prom, storegc-RUN-apply.prom
+#                         (RUN: the run name), for node_exporter's textfile
+#                         collector
 #   STOREGC               the binary (default: storegc on PATH)
 #
 # Exit status: storegc's (0 done, 1 some deletions failed, 2 bad input);
@@ -35,6 +39,7 @@ reports=${STOREGC_REPORT_DIR:?STOREGC_REPORT_DIR is not set}
 keep=${STOREGC_KEEP_REPORTS:-30}
 max_age=${STOREGC_MAX_PLAN_AGE:-1h}
 run=${STOREGC_RUN_NAME:-nightly}
+metrics=${STOREGC_METRICS_DIR:-}
 
 case $run in
   nightly) prefix= ;;
@@ -45,6 +50,13 @@ case $keep in
   '' | *[!0-9]* | 0) echo "storegc-nightly: STOREGC_KEEP_REPORTS must be a positive number, not '$keep'" >&2; exit 2 ;;
 esac
 
+plan_metrics=()
+apply_metrics=()
+if [ -n "$metrics" ]; then
+  plan_metrics=(--metrics "$metrics/storegc-$run-plan.prom")
+  apply_metrics=(--metrics "$metrics/storegc-$run-apply.prom")
+fi
+
 # UTC, sortable: the names order the reports, and pruning relies on it.
 ts=$(date -u +%Y%m%dT%H%M%SZ)
 plan="$reports/${prefix}plan-$ts.json"
@@ -52,7 +64,7 @@ report="$reports/${prefix}report-$ts.md"
 partial="$report.partial"
 
 status=0
-"$storegc" plan --policy "$policy" --out "$plan" --format markdown "$@" > "$partial" || status=$?
+"$storegc" plan --policy "$policy" --out "$plan" --format markdown "${plan_metrics[@]}" "$@" > "$partial" || status=$?
 if [ "$status" -eq 0 ] && [ ! -e "$plan" ]; then
   # Nothing to do (storegc said why on stderr): no apply, no report.
   rm -f -- "$partial"
@@ -63,7 +75,7 @@ elif [ "$status" -eq 0 ]; then
     echo '```text'
   } >> "$partial"
   # The apply summary goes to the journal (stdout) and into the report.
-  "$storegc" apply "$plan" --max-plan-age "$max_age" | tee -a "$partial" || status=$?
+  "$storegc" apply "$plan" --max-plan-age "$max_age" "${apply_metrics[@]}" | tee -a "$partial" || status=$?
   {
     echo '```'
     [ "$status" -eq 0 ] || printf '\napply exited with status %s; see the journal.\n' "$status"

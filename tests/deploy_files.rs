@@ -339,8 +339,20 @@ fn nightly(store: &NixStore, policy: &Path, reports: &Path) -> Output {
         .env("STOREGC_REPORT_DIR", reports)
         .env("STOREGC_KEEP_REPORTS", "2")
         .env("STOREGC_MAX_PLAN_AGE", "10m")
+        .env("STOREGC_METRICS_DIR", store.root().join("metrics"))
         .output()
         .expect("running storegc-nightly.sh")
+}
+
+/// The value of the sample of `metric` in `file` (the first with that
+/// name; every sample carries `command` and `policy` labels).
+fn metric(file: &Path, metric: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    text.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no {metric} in {text}"))
 }
 
 fn names(dir: &Path, prefix: &str) -> Vec<String> {
@@ -367,6 +379,8 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
     // An empty policy: exactly Nix's dead set.
     let policy = store.root().join("policy.toml");
     std::fs::write(&policy, "").unwrap();
+    let metrics = store.root().join("metrics");
+    std::fs::create_dir(&metrics).unwrap();
 
     let out = nightly(&store, &policy, &reports);
     assert!(
@@ -393,6 +407,24 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
         std::fs::read_link(reports.join("latest.md")).unwrap(),
         PathBuf::from(&report_names[0])
     );
+    // STOREGC_METRICS_DIR: both steps wrote their metrics, under the run's
+    // name, with the policy as a label.
+    let plan_prom = metrics.join("storegc-nightly-plan.prom");
+    let apply_prom = metrics.join("storegc-nightly-apply.prom");
+    assert_eq!(metric(&plan_prom, "storegc_last_run_success"), "1");
+    assert!(std::fs::read_to_string(&plan_prom)
+        .unwrap()
+        .contains(&format!(
+            "storegc_planned_paths{{command=\"plan\",policy=\"{}\",reason=\"unreachable\"}} 1\n",
+            policy.display()
+        )));
+    assert_eq!(metric(&apply_prom, "storegc_last_run_success"), "1");
+    assert!(std::fs::read_to_string(&apply_prom)
+        .unwrap()
+        .contains(&format!(
+            "storegc_deleted_paths{{command=\"apply\",policy=\"{}\",reason=\"unreachable\"}} 1\n",
+            policy.display()
+        )));
 
     // Two more runs, a second apart (the names have seconds): the oldest
     // plan and report go.
@@ -420,6 +452,8 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
     let out = nightly(&store, &policy, &reports);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(names(&reports, "report-"), now);
+    assert_eq!(metric(&plan_prom, "storegc_last_run_success"), "0");
+    assert_eq!(metric(&plan_prom, "storegc_last_run_exit_code"), "2");
 }
 
 /// The low-disk run as the units make it: the nightly script under its

@@ -274,6 +274,8 @@ let
     { bad = { lowDisk = { enable = true; interval = 5; }; }; good = { lowDisk = { enable = true; interval = "5min"; }; }; }
     { bad = { lowDisk.bellow = "10%"; }; good = { lowDisk.below = "10%"; }; }
     { bad = { metricsDirectory = "/x"; }; good = { }; }
+    { bad = { metricsDir = 5; }; good = { metricsDir = "/var/lib/node-exporter"; }; }
+    { bad = { metricsDir = [ "/x" ]; }; good = { metricsDir = null; }; }
   ];
   accepted =
     settings:
@@ -387,6 +389,21 @@ let
     ))
     (check "low-disk: off by default" (
       !((evalModule (example.services.storegc // { lowDisk = { }; })).result.systemd.services ? storegc-low-disk)
+    ))
+    (check "metrics: off by default" (
+      !(svc.environment ? STOREGC_METRICS_DIR) && !(lowDisk.environment ? STOREGC_METRICS_DIR)
+    ))
+    (check "metrics: metricsDir reaches the runs, writable and created, not the preview" (
+      let
+        r = (evalModule (example.services.storegc // { metricsDir = "/var/lib/node-exporter"; })).result;
+        s = r.systemd.services;
+      in
+      s.storegc.environment.STOREGC_METRICS_DIR == "/var/lib/node-exporter"
+      && s.storegc-low-disk.environment.STOREGC_METRICS_DIR == "/var/lib/node-exporter"
+      && elem "/var/lib/node-exporter" s.storegc.serviceConfig.ReadWritePaths
+      && elem "/var/lib/node-exporter" s.storegc-low-disk.serviceConfig.ReadWritePaths
+      && !(elem "/var/lib/node-exporter" s.storegc-preview.serviceConfig.ReadWritePaths)
+      && elem "d /var/lib/node-exporter 0755 root root - -" r.systemd.tmpfiles.rules
     ))
     (check "the example's types are accepted" (accepted { }))
     (check "wrong option types are evaluation errors" (all (c: !(accepted c.bad) && accepted c.good) typeCases))

@@ -111,6 +111,13 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         )),
         _ => panic!("nix/check.sh failed ({}):\n{log}", out.status),
     }
+    // With a nixpkgs tree the example is also evaluated by the real
+    // <nixpkgs/nixos>; without one check.sh says it skipped that.
+    assert!(
+        log.contains("nix/check.sh: real <nixpkgs/nixos>: systemd-analyze verify: storegc")
+            || log.contains("nix/check.sh: skipped: the example under the real <nixpkgs/nixos> (no nixpkgs tree"),
+        "{log}"
+    );
     // The units, the low-disk units and the preview path unit were among
     // those verified.
     if out.status.code() == Some(0) {
@@ -204,6 +211,107 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         )),
         "policy check does not say the closure list is missing:\n{text}"
     );
+}
+
+/// A stand-in nixpkgs tree whose `nixos` renders the given units (and one
+/// unit not of storegc's, which must be left out), for the part of
+/// nix/check.sh that needs a real one. `__EXE__` in a unit's text becomes
+/// a path in the evaluation's store, which check.sh must stub.
+fn fake_nixpkgs(dir: &Path, units: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir.join("nixos")).unwrap();
+    let mut attrs = String::from("    \"other.service\".text = \"broken\";\n");
+    for (name, text) in units {
+        let text = text.replace('\n', "\\n").replace("__EXE__", "${exe}");
+        attrs.push_str(&format!("    \"{name}\".text = \"{text}\";\n"));
+    }
+    let nix = format!(
+        r#"{{ configuration }}:
+let
+  names = builtins.attrNames units;
+  units = {{
+{attrs}  }};
+  exe = "${{builtins.storeDir}}/0123456789abcdfghijklmnpqrsvwxyz-storegc-nightly/bin/storegc-nightly";
+in
+{{
+  # The test's config must at least be a module file that exists.
+  config.systemd.units = assert builtins.pathExists configuration; units;
+  pkgs.lib = {{
+    hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
+    mapAttrs = builtins.mapAttrs;
+    filterAttrs = p: s: builtins.listToAttrs (map (n: {{ name = n; value = s.${{n}}; }}) (builtins.filter (n: p n s.${{n}}) names));
+  }};
+}}
+"#
+    );
+    std::fs::write(dir.join("nixos/default.nix"), nix).unwrap();
+}
+
+/// nix/check.sh's real-nixpkgs part, run against a stand-in tree (there
+/// is no nixpkgs here): the units `<nixpkgs/nixos>` renders are written
+/// out, their store paths stubbed, and verified; a bad one fails the run.
+#[test]
+fn check_sh_verifies_the_units_a_nixpkgs_tree_renders() {
+    if !nix_available("check_sh_verifies_the_units_a_nixpkgs_tree_renders") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |tree: &Path| {
+        let out = Command::new("bash")
+            .arg(repo().join("nix/check.sh"))
+            .env("STOREGC_BIN", storegc_bin())
+            .env("STOREGC_NIXPKGS", tree)
+            .output()
+            .expect("running nix/check.sh");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), log)
+    };
+    let good = tmp.path().join("good");
+    fake_nixpkgs(
+        &good,
+        &[
+            (
+                "storegc-low-disk.service",
+                "[Unit]\nDescription=x\n[Service]\nType=oneshot\nExecStart=__EXE__ --only-if-available-below 10%%\n",
+            ),
+            (
+                "storegc-low-disk.timer",
+                "[Unit]\nDescription=x\n[Timer]\nOnBootSec=5min\nOnUnitInactiveSec=5min\n",
+            ),
+        ],
+    );
+    let (code, log) = run(&good);
+    if code == Some(3) {
+        return skip_or_fail(&format!("check.sh could not run every check:\n{log}"));
+    }
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "nix/check.sh: real <nixpkgs/nixos>: systemd-analyze verify: storegc-low-disk.service storegc-low-disk.timer\n"
+        ),
+        "{log}"
+    );
+    let bad = tmp.path().join("bad");
+    fake_nixpkgs(
+        &bad,
+        &[(
+            "storegc.service",
+            "[Unit]\nDescription=x\n[Service]\nType=oneshot\nBogusKey=1\nExecStart=__EXE__\n",
+        )],
+    );
+    let (code, log) = run(&bad);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("Unknown key"), "{log}");
+    assert!(
+        log.contains("nix/check.sh: FAIL: the example under the real <nixpkgs/nixos>"),
+        "{log}"
+    );
+    let (code, log) = run(&tmp.path().join("missing"));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("no nixos/ in the nixpkgs tree"), "{log}");
 }
 
 /// The names declared under `options.services.storegc` in nix/module.nix:

@@ -440,12 +440,31 @@ fn plan_and_apply_metrics_are_prometheus_text_with_the_plans_values() {
         1.0
     );
 
-    // A folder that is not there: exit 2, named.
+    // A folder that is not there: plan exits 2, named; apply (which may
+    // have deleted by then) prints its report and exits 1.
     let out = storegc(&store, &["plan", "--metrics", "/nonexistent/storegc.prom"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("storegc: /nonexistent/storegc.prom: cannot write metrics ("),
+        "{stderr}"
+    );
+    let out = storegc(&store, &["plan", "--out", plan_file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = storegc(
+        &store,
+        &[
+            "apply",
+            plan_file.to_str().unwrap(),
+            "--metrics",
+            "/nonexistent/storegc.prom",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("deleted: "));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("storegc: /nonexistent/storegc.prom: cannot write metrics ("),
         "{stderr}"
     );
 }

@@ -454,6 +454,14 @@ in
           message = "services.storegc: closureLists is added to `policy`; with policyFile, list them in the file's [protect] closure-lists.";
         }
         {
+          # What `storegc plan --only-if-available-below` takes, so a typo
+          # fails the rebuild rather than every low-disk run.
+          assertion =
+            !cfg.lowDisk.enable
+            || builtins.match "[0-9]+(\\.[0-9]+)? *(%|[BbKkMmGgTtPp]|[KkMmGgTtPp][Ii]?[Bb])?" cfg.lowDisk.below != null;
+          message = "services.storegc.lowDisk.below: '${cfg.lowDisk.below}' is neither a size (\"50GiB\") nor a percentage (\"10%\").";
+        }
+        {
           assertion = cfg.deleteThroughDaemon -> config.nix.enable;
           message = "services.storegc: deleteThroughDaemon needs nix-daemon (nix.enable).";
         }

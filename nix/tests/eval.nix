@@ -387,6 +387,13 @@ let
       && (evalModule (example.services.storegc // { lowDisk = { enable = true; policy = ./../../policies/low-disk.toml; }; }))
         .result.environment.etc."storegc/low-disk.toml".source.name == "storegc-low-disk.toml"
     ))
+    (check "low-disk: a threshold storegc would refuse fails the assertions" (
+      let
+        holds = below: all (a: a.assertion) (evalModule (example.services.storegc // { lowDisk = { enable = true; inherit below; }; })).result.assertions;
+      in
+      all holds [ "10%" "12.5%" "50GiB" "50 G" "1000" "5gb" ]
+      && !(builtins.any holds [ "ten%" "10 %%" "-5%" "50 GiBs" "" "%" ])
+    ))
     (check "low-disk: off by default" (
       !((evalModule (example.services.storegc // { lowDisk = { }; })).result.systemd.services ? storegc-low-disk)
     ))

@@ -7,9 +7,10 @@
 //! [`write`] touches the file system. Every sample carries the labels
 //! `command` (`plan` or `apply`) and `policy` (the policy file, absolute,
 //! or `none`), so the files of several runs (the nightly one, the low-disk
-//! one) never give node_exporter the same series twice. A metric is one
-//! [`Metrics::gauge`] call: families are grouped, `# HELP`/`# TYPE`
-//! written once each, and everything sorted by name and labels.
+//! one) never give node_exporter the same series twice. A metric is a
+//! [`Desc`] constant (name and help) and one [`Metrics::gauge`] call:
+//! families are grouped, `# HELP`/`# TYPE` written once each, and
+//! everything sorted by name and labels.
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
@@ -69,37 +70,16 @@ impl Metrics {
             families: BTreeMap::new(),
         };
         let success = u8::from(run.exit == ExitCode::Success);
-        m.gauge(
-            "storegc_last_run_timestamp_seconds",
-            "When the last run started (Unix time).",
-            &[],
-            run.started,
-        );
-        m.gauge(
-            "storegc_last_run_duration_seconds",
-            "How long the last run took.",
-            &[],
-            run.duration.as_secs_f64(),
-        );
-        m.gauge(
-            "storegc_last_run_success",
-            "1 if the last run did all it was asked to (exit status 0), else 0.",
-            &[],
-            success,
-        );
-        m.gauge("storegc_last_run_exit_code", "The last run's exit status: 0 done, 1 some deletions failed or interrupted, 2 bad input (nothing changed).", &[], run.exit as u8);
+        m.gauge(LAST_RUN, &[], run.started);
+        m.gauge(DURATION, &[], run.duration.as_secs_f64());
+        m.gauge(SUCCESS, &[], success);
+        m.gauge(EXIT_CODE, &[], run.exit as u8);
         m
     }
 
     /// Adds one sample of a gauge. The first call for a name sets its
     /// help text; a second sample with the same labels replaces the first.
-    pub fn gauge(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        value: impl Display,
-    ) {
+    pub fn gauge(&mut self, metric: Desc, labels: &[(&'static str, &str)], value: impl Display) {
         let mut set = String::new();
         let own = labels.iter().map(|&(k, v)| (k, v));
         let common = self.common.iter().map(|(k, v)| (*k, v.as_str()));
@@ -108,9 +88,9 @@ impl Metrics {
             let _ = write!(set, "{sep}{k}=\"{}\"", escape_label(v));
         }
         self.families
-            .entry(name)
+            .entry(metric.name)
             .or_insert_with(|| Family {
-                help,
+                help: metric.help,
                 samples: BTreeMap::new(),
             })
             .samples
@@ -131,16 +111,10 @@ impl Metrics {
         out
     }
 
-    /// Paths and bytes of one tally, as `{name}_paths` and `{name}_bytes`.
-    fn tally(
-        &mut self,
-        names: (&'static str, &'static str),
-        help: (&'static str, &'static str),
-        label: (&'static str, &str),
-        t: PlanTally,
-    ) {
-        self.gauge(names.0, help.0, &[label], t.paths);
-        self.gauge(names.1, help.1, &[label], t.bytes);
+    /// Paths and bytes of one tally, under one label.
+    fn tally(&mut self, metrics: (Desc, Desc), label: (&'static str, &str), t: PlanTally) {
+        self.gauge(metrics.0, &[label], t.paths);
+        self.gauge(metrics.1, &[label], t.bytes);
     }
 }
 
@@ -156,52 +130,142 @@ fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
+/// A metric: its name and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Desc {
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+const fn desc(name: &'static str, help: &'static str) -> Desc {
+    Desc { name, help }
+}
+
+const LAST_RUN: Desc = desc(
+    "storegc_last_run_timestamp_seconds",
+    "When the last run started (Unix time).",
+);
+const DURATION: Desc = desc(
+    "storegc_last_run_duration_seconds",
+    "How long the last run took.",
+);
+const SUCCESS: Desc = desc(
+    "storegc_last_run_success",
+    "1 if the last run did all it was asked to (exit status 0), else 0.",
+);
+const EXIT_CODE: Desc = desc("storegc_last_run_exit_code", "The last run's exit status: 0 done, 1 some deletions failed or interrupted, 2 bad input (nothing changed).");
+const NOTHING_TO_DO: Desc = desc("storegc_plan_nothing_to_do", "1 if the run planned nothing because the store's filesystem had room enough (--only-if-available-below).");
+const FS_SIZE: Desc = desc(
+    "storegc_filesystem_size_bytes",
+    "Size of the store's filesystem (statvfs).",
+);
+const FS_AVAILABLE: Desc = desc(
+    "storegc_filesystem_available_bytes",
+    "Space available on the store's filesystem to unprivileged users (statvfs).",
+);
+const PLANNED: (Desc, Desc) = (
+    desc(
+        "storegc_planned_paths",
+        "Store paths the plan deletes, per reason.",
+    ),
+    desc(
+        "storegc_planned_bytes",
+        "narSize bytes the plan deletes, per reason.",
+    ),
+);
+const KEPT: (Desc, Desc) = (
+    desc(
+        "storegc_kept_paths",
+        "Valid store paths the plan keeps, per protection (each path counted once).",
+    ),
+    desc(
+        "storegc_kept_bytes",
+        "narSize bytes the plan keeps, per protection.",
+    ),
+);
+const STORE_PATHS: Desc = desc("storegc_store_paths", "Valid store paths when planned.");
+const STORE_BYTES: Desc = desc(
+    "storegc_store_bytes",
+    "narSize bytes of all valid store paths when planned.",
+);
+const ROOTS: Desc = desc("storegc_roots", "GC roots found (valid and temp roots).");
+const EXPIRED_ROOTS: Desc = desc(
+    "storegc_planned_expired_roots",
+    "Roots (generations, auto roots) the plan expires.",
+);
+const WARNINGS: Desc = desc("storegc_plan_warnings", "Warnings in the plan.");
+const BUDGET_LIMIT: Desc = desc(
+    "storegc_budget_limit_bytes",
+    "The bytes the budget allowed this run (0 when until-free was met).",
+);
+const DELETED: (Desc, Desc) = (
+    desc(
+        "storegc_deleted_paths",
+        "Store paths deleted (would be, in a dry run), per the plan's reason.",
+    ),
+    desc(
+        "storegc_deleted_bytes",
+        "narSize bytes deleted (would be, in a dry run), per the plan's reason.",
+    ),
+);
+const DRY_RUN: Desc = desc(
+    "storegc_apply_dry_run",
+    "1 if the last apply was a dry run.",
+);
+const INTERRUPTED: Desc = desc(
+    "storegc_apply_interrupted",
+    "1 if the last apply was stopped by a signal before its last batch.",
+);
+const FS_FREED: Desc = desc("storegc_filesystem_freed_bytes", "Change of the space available on the store's filesystem during apply (other writers included).");
+const LIVE_NOW: Desc = desc(
+    "storegc_kept_live_now_paths",
+    "Planned paths kept because they were live again at apply time.",
+);
+const PROTECTED_NOW: Desc = desc(
+    "storegc_kept_protected_now_paths",
+    "Planned paths kept because the policy's current inputs protect them.",
+);
+const ALREADY_GONE: Desc = desc(
+    "storegc_already_gone_paths",
+    "Planned paths no longer valid at apply time.",
+);
+const ROOTS_REMOVED: Desc = desc("storegc_roots_removed", "Expired roots removed.");
+const FAILED: Desc = desc("storegc_failed_paths", "Paths whose deletion failed.");
+const ERRORS: Desc = desc(
+    "storegc_errors",
+    "Errors after something had changed (exit status 1).",
+);
+
+/// The reasons a plan gives, as labels.
+const REASONS: [&str; 3] = ["unreachable", "expired-generation", "expired-auto-root"];
+
 /// `plan`'s metrics: the run, the store's filesystem when measured, and,
 /// when a plan was made, what it deletes per reason, what it keeps per
 /// protection, the store's totals and the budget. `nothing_to_do`: the
 /// run ended at `--only-if-available-below`.
 pub fn plan(run: &Run, plan: Option<&Plan>, space: Option<Space>, nothing_to_do: bool) -> Metrics {
     let mut m = Metrics::new(run);
-    m.gauge(
-        "storegc_plan_nothing_to_do",
-        "1 if the run planned nothing because the store's filesystem had room enough (--only-if-available-below).",
-        &[],
-        u8::from(nothing_to_do),
-    );
+    m.gauge(NOTHING_TO_DO, &[], u8::from(nothing_to_do));
     if let Some(s) = space {
-        m.gauge(
-            "storegc_filesystem_size_bytes",
-            "Size of the store's filesystem (statvfs).",
-            &[],
-            s.size,
-        );
-        m.gauge(
-            "storegc_filesystem_available_bytes",
-            "Space available on the store's filesystem to unprivileged users (statvfs).",
-            &[],
-            s.available,
-        );
+        m.gauge(FS_SIZE, &[], s.size);
+        m.gauge(FS_AVAILABLE, &[], s.available);
     }
-    let Some(p) = plan else { return m };
+    if let Some(p) = plan {
+        planned(&mut m, p);
+    }
+    m
+}
+
+/// What a plan deletes and keeps, and the store it was made on.
+fn planned(m: &mut Metrics, p: &Plan) {
     let b = &p.by_reason;
-    for (reason, t) in [
-        ("unreachable", b.unreachable),
-        ("expired-generation", b.expired_generation),
-        ("expired-auto-root", b.expired_auto_root),
-    ] {
-        m.tally(
-            ("storegc_planned_paths", "storegc_planned_bytes"),
-            (
-                "Store paths the plan deletes, per reason.",
-                "narSize bytes the plan deletes, per reason.",
-            ),
-            ("reason", reason),
-            t,
-        );
+    let by_reason = [b.unreachable, b.expired_generation, b.expired_auto_root];
+    for (reason, t) in REASONS.into_iter().zip(by_reason) {
+        m.tally(PLANNED, ("reason", reason), t);
     }
     let k = &p.kept;
     // The rollback window's kept bytes (issue 14 item 1) become one more
-    // line here, ("rollback-window", k.rollback_window), once the plan
+    // row here, ("rollback-window", k.rollback_window), once the plan
     // counts them.
     for (protection, t) in [
         ("nix-roots", k.nix_roots),
@@ -211,60 +275,21 @@ pub fn plan(run: &Run, plan: Option<&Plan>, space: Option<Space>, nothing_to_do:
         ("unselected", k.unselected),
         ("budget", k.budget),
     ] {
-        m.tally(
-            ("storegc_kept_paths", "storegc_kept_bytes"),
-            (
-                "Valid store paths the plan keeps, per protection (each path counted once).",
-                "narSize bytes the plan keeps, per protection.",
-            ),
-            ("protection", protection),
-            t,
-        );
+        m.tally(KEPT, ("protection", protection), t);
     }
     let mut store = k.total();
     store += PlanTally {
         paths: p.totals.paths,
         bytes: p.totals.nar_bytes,
     };
-    m.gauge(
-        "storegc_store_paths",
-        "Valid store paths when planned.",
-        &[],
-        store.paths,
-    );
-    m.gauge(
-        "storegc_store_bytes",
-        "narSize bytes of all valid store paths when planned.",
-        &[],
-        store.bytes,
-    );
-    m.gauge(
-        "storegc_roots",
-        "GC roots found (valid and temp roots).",
-        &[],
-        p.roots.len(),
-    );
-    m.gauge(
-        "storegc_planned_expired_roots",
-        "Roots (generations, auto roots) the plan expires.",
-        &[],
-        p.expired_roots.len(),
-    );
-    m.gauge(
-        "storegc_plan_warnings",
-        "Warnings in the plan.",
-        &[],
-        p.warnings.len(),
-    );
+    m.gauge(STORE_PATHS, &[], store.paths);
+    m.gauge(STORE_BYTES, &[], store.bytes);
+    m.gauge(ROOTS, &[], p.roots.len());
+    m.gauge(EXPIRED_ROOTS, &[], p.expired_roots.len());
+    m.gauge(WARNINGS, &[], p.warnings.len());
     if let Some(budget) = &p.budget {
-        m.gauge(
-            "storegc_budget_limit_bytes",
-            "The bytes the budget allowed this run (0 when until-free was met).",
-            &[],
-            budget.limit,
-        );
+        m.gauge(BUDGET_LIMIT, &[], budget.limit);
     }
-    m
 }
 
 /// `apply`'s metrics: the run and, when apply got as far as a report, what
@@ -273,87 +298,45 @@ pub fn plan(run: &Run, plan: Option<&Plan>, space: Option<Space>, nothing_to_do:
 pub fn apply(run: &Run, plan: Option<&Plan>, report: Option<&ApplyReport>) -> Metrics {
     let mut m = Metrics::new(run);
     let Some(r) = report else { return m };
+    for (reason, t) in deleted_by_reason(plan, &r.deleted) {
+        m.tally(DELETED, ("reason", reason), t);
+    }
+    m.gauge(DRY_RUN, &[], u8::from(r.dry_run));
+    m.gauge(INTERRUPTED, &[], u8::from(r.interrupted));
+    m.gauge(FS_FREED, &[], r.freed_fs_bytes);
+    m.gauge(LIVE_NOW, &[], r.skipped_live.len());
+    m.gauge(PROTECTED_NOW, &[], r.kept_protected_now.len());
+    m.gauge(ALREADY_GONE, &[], r.already_gone);
+    m.gauge(ROOTS_REMOVED, &[], r.roots_removed.len());
+    m.gauge(FAILED, &[], r.failed.len());
+    m.gauge(ERRORS, &[], r.errors.len());
+    m
+}
+
+/// The deleted paths per the plan's reason (every reason present, 0 or
+/// not; a path the plan does not list, which apply never deletes, would
+/// count as "unknown"). O(d log d).
+fn deleted_by_reason<'a>(
+    plan: Option<&'a Plan>,
+    deleted: &[String],
+) -> BTreeMap<&'a str, PlanTally> {
     let planned: BTreeMap<&str, (&str, u64)> = plan
-        .map(|p| {
-            p.delete
-                .iter()
-                .map(|d| (d.path.as_str(), (d.reason.as_str(), d.nar_size)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut by_reason: BTreeMap<&str, PlanTally> =
-        ["unreachable", "expired-generation", "expired-auto-root"]
-            .into_iter()
-            .map(|reason| (reason, PlanTally::default()))
-            .collect();
-    for path in &r.deleted {
+        .iter()
+        .flat_map(|p| &p.delete)
+        .map(|d| (d.path.as_str(), (d.reason.as_str(), d.nar_size)))
+        .collect();
+    let mut by_reason: BTreeMap<&str, PlanTally> = REASONS
+        .into_iter()
+        .map(|r| (r, PlanTally::default()))
+        .collect();
+    for path in deleted {
         let (reason, bytes) = planned
             .get(path.as_str())
             .copied()
             .unwrap_or(("unknown", 0));
         *by_reason.entry(reason).or_default() += PlanTally { paths: 1, bytes };
     }
-    for (reason, t) in by_reason {
-        m.tally(
-            ("storegc_deleted_paths", "storegc_deleted_bytes"),
-            (
-                "Store paths deleted (would be, in a dry run), per the plan's reason.",
-                "narSize bytes deleted (would be, in a dry run), per the plan's reason.",
-            ),
-            ("reason", reason),
-            t,
-        );
-    }
-    m.gauge(
-        "storegc_apply_dry_run",
-        "1 if the last apply was a dry run.",
-        &[],
-        u8::from(r.dry_run),
-    );
-    m.gauge(
-        "storegc_apply_interrupted",
-        "1 if the last apply was stopped by a signal before its last batch.",
-        &[],
-        u8::from(r.interrupted),
-    );
-    m.gauge("storegc_filesystem_freed_bytes", "Change of the space available on the store's filesystem during apply (other writers included).", &[], r.freed_fs_bytes);
-    m.gauge(
-        "storegc_kept_live_now_paths",
-        "Planned paths kept because they were live again at apply time.",
-        &[],
-        r.skipped_live.len(),
-    );
-    m.gauge(
-        "storegc_kept_protected_now_paths",
-        "Planned paths kept because the policy's current inputs protect them.",
-        &[],
-        r.kept_protected_now.len(),
-    );
-    m.gauge(
-        "storegc_already_gone_paths",
-        "Planned paths no longer valid at apply time.",
-        &[],
-        r.already_gone,
-    );
-    m.gauge(
-        "storegc_roots_removed",
-        "Expired roots removed.",
-        &[],
-        r.roots_removed.len(),
-    );
-    m.gauge(
-        "storegc_failed_paths",
-        "Paths whose deletion failed.",
-        &[],
-        r.failed.len(),
-    );
-    m.gauge(
-        "storegc_errors",
-        "Errors after something had changed (exit status 1).",
-        &[],
-        r.errors.len(),
-    );
-    m
+    by_reason
 }
 
 /// Writes `text` to `path` atomically: a temporary file in the same folder
@@ -399,9 +382,9 @@ mod tests {
     #[test]
     fn families_are_sorted_with_help_and_type_once() {
         let mut m = Metrics::new(&run(ExitCode::Success));
-        m.gauge("storegc_b", "B.", &[("reason", "y")], 2);
-        m.gauge("storegc_a", "A\\n.", &[], 1);
-        m.gauge("storegc_b", "ignored", &[("reason", "x")], 3);
+        m.gauge(desc("storegc_b", "B."), &[("reason", "y")], 2);
+        m.gauge(desc("storegc_a", "A\\n."), &[], 1);
+        m.gauge(desc("storegc_b", "ignored"), &[("reason", "x")], 3);
         let text = m.render();
         let names: Vec<&str> = text
             .lines()

@@ -4,14 +4,21 @@
 # machines that check this have no network). It catches what parsing
 # cannot: a wrong relative path, an option used but not declared, a unit
 # setting lost in a merge, an assertion that fails for the shipped
-# example. It is not the NixOS module system: option types are not
-# checked, and a module is evaluated once against its own defaults.
+# example, a value of the wrong type for one of the module's own options
+# (types are checks here: every option's value, set or default, must pass
+# its type, nested options included, and setting an option that does not
+# exist is an error; see typeCases). It is not the NixOS module system:
+# other modules' options are not declared or checked, priorities (mkForce,
+# mkDefault) do not exist, and a module is evaluated once against its own
+# defaults; nix/check.sh evaluates the example with the real
+# <nixpkgs/nixos> when a nixpkgs tree is there.
 #
 #   nix-instantiate --eval --strict --json nix/tests/eval.nix
 #
-# prints the option names of services.storegc and the example's policy as
-# the module renders it (tests/deploy_files.rs checks both), or throws
-# naming the check that failed.
+# prints the option names of services.storegc (nested ones dotted), the
+# example's policy as the module renders it and the wrong-type cases tried
+# (tests/deploy_files.rs checks them), or throws naming the check that
+# failed.
 let
   inherit (builtins)
     all

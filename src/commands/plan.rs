@@ -55,7 +55,10 @@ fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Resul
     let policy = resolve_policy(&args.policy)?;
     seen.space = fs_space(settings.store_dir.as_str());
     if let Some(below) = args.only_if_available_below {
-        let space = measure_space(&settings)?;
+        let dir = settings.store_dir.as_str();
+        let space = seen.space.with_context(|| {
+            format!("{dir}: cannot measure the space available on the store's filesystem (--only-if-available-below)")
+        })?;
         let threshold = below.bytes(space.size);
         if space.available >= threshold {
             eprintln!("{}", nothing_to_do(&settings, space, below, threshold));
@@ -169,14 +172,6 @@ pub fn fs_space(dir: &str) -> Option<policy::Space> {
     Some(policy::Space {
         size: (st.f_blocks as u64).checked_mul(frsize)?,
         available: (st.f_bavail as u64).checked_mul(frsize)?,
-    })
-}
-
-/// [`fs_space`] of the store, or the bad-input error naming it.
-fn measure_space(settings: &Settings) -> Result<policy::Space> {
-    let dir = settings.store_dir.as_str();
-    fs_space(dir).with_context(|| {
-        format!("{dir}: cannot measure the space available on the store's filesystem (--only-if-available-below)")
     })
 }
 

@@ -404,11 +404,14 @@ impl Policy {
         if let Some(m) = b.max_freed {
             limits.push(format!("at most {} (narSize) is freed", in_words(m)));
         }
-        if let Some(u) = b.until_free {
-            limits.push(format!(
-                "only until the store's filesystem has {} available (nothing when it already has)",
-                in_words(u)
-            ));
+        match b.until_free {
+            Some(u) if u.is_share() => limits.push(format!(
+                "only until {u} of the store's filesystem is available (nothing when it already is)"
+            )),
+            Some(u) => limits.push(format!(
+                "only until the store's filesystem has {u} available (nothing when it already has)"
+            )),
+            None => {}
         }
         if limits.is_empty() {
             line("- No budget: every deletable path is deleted.".into());
@@ -979,7 +982,7 @@ order = "largest-first"
             "{words}"
         );
         assert!(
-            words.contains("has 12.5% of the store's filesystem available"),
+            words.contains("only until 12.5% of the store's filesystem is available"),
             "{words}"
         );
         assert_error(

@@ -162,6 +162,10 @@ pub struct ApplyArgs {
     /// With --delete-with storegc: paths per database transaction
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk_size: usize,
+    /// Delete even when the runtime roots of some processes could not be
+    /// read (storegc is not root): a path only such a process uses may go
+    #[arg(long)]
+    pub allow_incomplete_roots: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

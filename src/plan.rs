@@ -50,10 +50,19 @@ pub struct Plan {
     /// How the budget was applied, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<PlanBudget>,
+    /// Processes whose runtime roots could not be read (storegc was not
+    /// root): the plan may hold paths only they use. 0 (left out of the
+    /// file) when every process was read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable_processes: u64,
     /// Warnings from the policy's inputs (e.g. a closure-list path that is
     /// not valid yet).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +351,9 @@ pub struct PlanMeta {
     pub inputs: Vec<PlanInput>,
     /// Warnings from reading nix.conf; they come first in the plan's.
     pub settings_warnings: Vec<String>,
+    /// Processes whose runtime roots could not be read, sorted; a warning
+    /// leads the plan's when there are any.
+    pub unreadable_processes: Vec<u32>,
 }
 
 impl Plan {
@@ -420,11 +432,11 @@ impl Plan {
             kept: decision.kept.into(),
             by_reason: decision.by_reason.into(),
             budget: decision.budget.map(PlanBudget::from),
-            warnings: meta
-                .settings_warnings
-                .iter()
-                .chain(&decision.warnings)
-                .cloned()
+            unreadable_processes: meta.unreadable_processes.len() as u64,
+            warnings: crate::roots::incomplete_warning(&meta.unreadable_processes)
+                .into_iter()
+                .chain(meta.settings_warnings.iter().cloned())
+                .chain(decision.warnings.iter().cloned())
                 .chain(
                     (snap.ca_by_name && meta.gc.keep_outputs)
                         .then(|| CA_BY_NAME_WARNING.to_string()),
@@ -472,6 +484,7 @@ mod tests {
             policy: None,
             inputs: vec![],
             settings_warnings: vec!["s".into()],
+            unreadable_processes: vec![],
         };
         let decision = Decision {
             delete: vec![0, 1],
@@ -488,6 +501,24 @@ mod tests {
             }
         );
         assert_eq!(plan.created, "1970-01-02T00:00:00Z");
+        assert_eq!(plan.warnings, vec!["s".to_string()]);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(!json.contains("unreadable_processes"), "{json}");
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+        // Processes that could not be read: counted, and the first warning.
+        let meta = PlanMeta {
+            unreadable_processes: vec![1, 7],
+            ..meta
+        };
+        let plan = Plan::build(&meta, &snap, &[], vec![], &decision);
+        assert_eq!(plan.unreadable_processes, 2);
+        assert!(
+            plan.warnings[0]
+                .starts_with("roots incomplete: 2 processes could not be read (e.g. /proc/1:"),
+            "{:?}",
+            plan.warnings
+        );
+        assert_eq!(plan.warnings[1], "s");
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
     }

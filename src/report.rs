@@ -706,6 +706,7 @@ mod tests {
             kept: Default::default(),
             by_reason: Default::default(),
             budget: None,
+            unreadable_processes: 0,
             warnings: vec![format!("closure list {store}/{msg}: not valid {msg}")],
         }
     }

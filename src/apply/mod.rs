@@ -51,6 +51,13 @@ pub enum ApplyError {
     Spawn(PathBuf, std::io::Error),
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    /// The fresh scan could not read every process's runtime roots.
+    #[error(
+        "roots incomplete: {count} process{} could not be read (e.g. /proc/{first}: permission denied); \
+         run apply as root, or pass --allow-incomplete-roots to delete anyway",
+        if *count == 1 { "" } else { "es" }
+    )]
+    IncompleteRoots { count: usize, first: u32 },
 }
 
 /// Which deleter takes the batches.
@@ -79,6 +86,8 @@ pub struct ApplyOptions {
     pub lock_timeout: Duration,
     /// Paths per engine chunk (one SQLite transaction each).
     pub chunk_size: usize,
+    /// Delete even when some processes' runtime roots could not be read.
+    pub allow_incomplete_roots: bool,
 }
 
 impl Default for ApplyOptions {
@@ -93,6 +102,7 @@ impl Default for ApplyOptions {
             delete_with: DeleteWith::NixStore,
             lock_timeout: Duration::from_secs(u64::MAX / 4),
             chunk_size: 50_000,
+            allow_incomplete_roots: false,
         }
     }
 }
@@ -176,6 +186,7 @@ pub fn apply(
     // The fresh scan that confirms every root removal; bad input (an
     // unreadable store) fails here, before anything changed.
     let before = load(settings, &opts.load)?;
+    check_roots_complete(&before, opts, &mut report)?;
     let protection = reload_policy(&plan, &before, settings, &mut report)?;
     let dropped = remove_roots(
         &plan.expired_roots,
@@ -223,6 +234,27 @@ fn prepare(
     }
     let nix_store = nix::find_nix_store(opts.nix_store.as_deref()).ok_or(ApplyError::NoNixStore)?;
     Ok((plan, Some(nix_store), Some(lock)))
+}
+
+/// Refuses a real run whose fresh scan could not read every process's
+/// runtime roots (not running as root), unless allowed; a dry run or an
+/// allowed run carries the warning instead. Nothing has changed yet.
+fn check_roots_complete(
+    state: &StoreState,
+    opts: &ApplyOptions,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let Some(warning) = state.incomplete_roots_warning() else {
+        return Ok(());
+    };
+    if !opts.dry_run && !opts.allow_incomplete_roots {
+        return Err(ApplyError::IncompleteRoots {
+            count: state.unreadable_processes.len(),
+            first: state.unreadable_processes[0],
+        });
+    }
+    report.warnings.push(warning);
+    Ok(())
 }
 
 /// The plan's policy and closure lists re-read against the fresh scan

@@ -66,6 +66,7 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
             .lock_timeout
             .unwrap_or(ApplyOptions::default().lock_timeout),
         chunk_size: args.chunk_size,
+        allow_incomplete_roots: args.allow_incomplete_roots,
         ..ApplyOptions::default()
     };
     let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));

@@ -53,6 +53,14 @@ pub fn resolve_settings(global: &GlobalArgs) -> Result<Settings> {
     Ok(settings)
 }
 
+/// Says on stderr, as settings warnings are said, when the scan could not
+/// read every process's runtime roots.
+pub fn warn_incomplete_roots(state: &crate::load::StoreState) {
+    if let Some(w) = state.incomplete_roots_warning() {
+        eprintln!("warning: {w}");
+    }
+}
+
 pub fn load_options(global: &GlobalArgs) -> LoadOptions {
     LoadOptions {
         busy_timeout: global.busy_timeout,

@@ -99,6 +99,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         available,
     );
     spinner.finish_and_clear();
+    super::warn_incomplete_roots(&state);
     for w in &decision.warnings {
         tracing::warn!("{w}");
     }
@@ -130,6 +131,7 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
         gc: settings.gc,
         ca_derivations: settings.ca_derivations,
         settings_warnings: settings.warnings.clone(),
+        unreadable_processes: state.unreadable_processes.clone(),
         policy: (!policy.file.as_os_str().is_empty()).then(|| crate::plan::absolute(&policy.file)),
         inputs: policy::digest::files_read(policy, &inputs)
             .iter()

@@ -155,16 +155,53 @@ fn store_path_in(store_dir: &StoreDir, text: &[u8]) -> Option<String> {
     Some(store_dir.join(base))
 }
 
+/// Every root of the three sources, and what the scan could not see.
+#[derive(Debug, Default, Clone)]
+pub struct FoundRoots {
+    /// Sorted and deduplicated.
+    pub roots: Vec<Root>,
+    /// Processes whose runtime roots could not be read (see
+    /// [`runtime::RuntimeRoots::denied`]); sorted pids.
+    pub unreadable_processes: Vec<u32>,
+}
+
+impl FoundRoots {
+    /// The warning a plan carries when processes could not be read, or
+    /// `None` when the scan saw every process. O(1).
+    pub fn incomplete_warning(&self) -> Option<String> {
+        incomplete_warning(&self.unreadable_processes)
+    }
+}
+
+/// Says that the runtime roots of `pids` are unknown (not running as
+/// root), with an example, or `None` for no pids. O(1).
+pub fn incomplete_warning(pids: &[u32]) -> Option<String> {
+    let first = pids.first()?;
+    let n = pids.len();
+    let s = if n == 1 { "" } else { "es" };
+    Some(format!(
+        "roots incomplete: {n} process{s} could not be read (e.g. /proc/{first}: permission denied; \
+         run as root to see every root): a path only such a process uses may be planned; \
+         apply refuses to delete unless --allow-incomplete-roots"
+    ))
+}
+
 /// Scans all three sources. Results are sorted and deduplicated.
-pub fn find_roots(src: &RootSources) -> Result<Vec<Root>, RootsError> {
+pub fn find_roots(src: &RootSources) -> Result<FoundRoots, RootsError> {
     let mut roots = gcroots::find(&src.store_dir, &src.state_dir)?;
+    let mut unreadable_processes = Vec::new();
     if let Some(proc_dir) = &src.proc_dir {
-        roots.extend(runtime::find(&src.store_dir, proc_dir)?);
+        let runtime = runtime::find(&src.store_dir, proc_dir)?;
+        roots.extend(runtime.roots);
+        unreadable_processes = runtime.denied;
     }
     roots.extend(temp::find(&src.store_dir, &src.state_dir)?);
     roots.sort();
     roots.dedup();
-    Ok(roots)
+    Ok(FoundRoots {
+        roots,
+        unreadable_processes,
+    })
 }
 
 /// The ids of the roots' store paths that are valid in `paths`; roots whose

@@ -1037,6 +1037,39 @@ impl NixStore {
         cmd
     }
 
+    /// `cmd` (a [`NixStore::storegc`] command) as a user who is not root:
+    /// the current one, or, when the tests run as root (CI does), `nobody`
+    /// through `setpriv`. For that the store tree is opened to others
+    /// (a+rX) and the binary copied into it, so nothing on the way to it
+    /// needs to be readable by `nobody`. The db folder keeps its mode: not
+    /// writable by that user, as on a real multi-user store.
+    pub fn unprivileged(&self, cmd: Command) -> Command {
+        if unsafe { libc::geteuid() } != 0 {
+            return cmd;
+        }
+        let bin = self.root().join("storegc-unprivileged");
+        if !bin.exists() {
+            std::fs::copy(storegc_bin(), &bin).expect("copying storegc");
+        }
+        run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(self.root()));
+        let mut outer = Command::new("setpriv");
+        outer
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => outer.env(k, v),
+                None => outer.env_remove(k),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            outer.current_dir(dir);
+        }
+        outer.stdin(Stdio::null());
+        outer
+    }
+
     /// `storegc plan --format paths`, which must succeed.
     pub fn storegc_plan_paths(&self) -> BTreeSet<String> {
         let out = run_ok(&mut self.storegc(&["--quiet", "plan", "--format", "paths"]));

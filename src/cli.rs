@@ -163,8 +163,9 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk_size: usize,
     /// Delete even when the runtime roots of some processes could not be
-    /// read (storegc is not root): a path only such a process uses may go
-    #[arg(long)]
+    /// read (storegc is not root, or a process even root may not look
+    /// into, as in some containers): a path only such a process uses may go
+    #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS")]
     pub allow_incomplete_roots: bool,
 }
 

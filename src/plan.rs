@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
 use crate::policy::{BudgetOutcome, ByReason, Decision, InputFile, InputKind, Kept, Tally};
-use crate::roots::{Root, RootKind};
+use crate::roots::{ListedRoot, Root, RootKind};
 use crate::settings::GcSettings;
 use crate::store_path::StoreDir;
 
@@ -132,14 +132,34 @@ pub struct PlanRoot {
     pub link: String,
     /// The store path held.
     pub target: String,
+    /// The most direct way the link was found.
     pub kind: PlanRootKind,
-    /// For an indirect root: the entry under `gcroots/` pointing to `link`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
+    /// The entries (under `gcroots/`, `profiles/`) pointing to `link`,
+    /// sorted; a plan of an earlier storegc holds one as a string.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub via: Vec<String>,
 }
 
-impl From<&Root> for PlanRoot {
-    fn from(r: &Root) -> PlanRoot {
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl From<&ListedRoot> for PlanRoot {
+    fn from(r: &ListedRoot) -> PlanRoot {
         PlanRoot {
             link: r.link.clone(),
             target: r.target.clone(),
@@ -406,8 +426,10 @@ impl Plan {
         for d in &deletions {
             totals += d;
         }
-        let mut roots: Vec<PlanRoot> = roots.iter().map(PlanRoot::from).collect();
-        roots.sort();
+        let roots: Vec<PlanRoot> = crate::roots::list(roots)
+            .iter()
+            .map(PlanRoot::from)
+            .collect();
         // One entry per link: Nix 2.8's `nix-env -p` also registers each
         // generation under gcroots/auto, so a generation is found twice.
         let mut expired_roots = expired;
@@ -521,5 +543,24 @@ mod tests {
         assert_eq!(plan.warnings[1], "s");
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+    }
+
+    /// A plan of an earlier storegc names one `via` as a string; it reads
+    /// as a list of one, and an absent one as none.
+    #[test]
+    fn a_root_via_reads_as_a_string_or_a_list() {
+        let one: PlanRoot = serde_json::from_str(
+            r#"{"link": "/l", "target": "/t", "kind": "indirect", "via": "/v/gcroots/auto/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(one.via, vec!["/v/gcroots/auto/x".to_string()]);
+        let many: PlanRoot = serde_json::from_str(
+            r#"{"link": "/l", "target": "/t", "kind": "profile", "via": ["/a", "/b"]}"#,
+        )
+        .unwrap();
+        assert_eq!(many.via.len(), 2);
+        let none: PlanRoot =
+            serde_json::from_str(r#"{"link": "/l", "target": "/t", "kind": "gcroot"}"#).unwrap();
+        assert!(none.via.is_empty());
     }
 }

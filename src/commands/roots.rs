@@ -45,7 +45,7 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
         return Ok(ExitCode::Success);
     }
     spinner.finish_and_clear();
-    let roots = state.reported_roots();
+    let roots = crate::roots::list(&state.reported_roots());
     let text = match args.format {
         TextOrJson::Text => report::roots_text(&roots),
         TextOrJson::Json => report::roots_json(&roots),

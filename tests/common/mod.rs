@@ -438,7 +438,8 @@ pub struct StoregcRoot {
     pub link: String,
     pub target: String,
     pub kind: String,
-    pub via: Option<String>,
+    /// The entries pointing to `link`, sorted (empty for a direct root).
+    pub via: Vec<String>,
 }
 
 /// One line of `nix-store --gc --print-roots`: `LINK -> TARGET`.
@@ -1103,7 +1104,14 @@ impl NixStore {
                 link: s(r, "link").unwrap_or_else(|| panic!("root without link: {r}")),
                 target: s(r, "target").unwrap_or_else(|| panic!("root without target: {r}")),
                 kind: s(r, "kind").unwrap_or_else(|| panic!("root without kind: {r}")),
-                via: s(r, "via"),
+                via: r["via"]
+                    .as_array()
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect()
     }

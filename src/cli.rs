@@ -165,7 +165,7 @@ pub struct ApplyArgs {
     /// Delete even when the runtime roots of some processes could not be
     /// read (storegc is not root, or a process even root may not look
     /// into, as in some containers): a path only such a process uses may go
-    #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS")]
+    #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_incomplete_roots: bool,
 }
 

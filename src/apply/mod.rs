@@ -111,6 +111,10 @@ impl Default for ApplyOptions {
 #[derive(Debug, Default, Serialize)]
 pub struct ApplyReport {
     pub dry_run: bool,
+    /// Who deleted and where: storegc's engine on the local store, or
+    /// `nix-store --delete` locally or through the daemon (set by the
+    /// command layer, which knows the environment).
+    pub deleted_by: String,
     pub deleted: Vec<String>,
     pub deleted_nar_bytes: u64,
     /// Filesystem bytes available after minus before (statvfs); 0 in a dry

@@ -70,8 +70,11 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         ..ApplyOptions::default()
     };
     let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
-    let report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
+    let mut report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
     bar.0.finish_and_clear();
+    let remote = std::env::var("NIX_REMOTE").ok();
+    let writable = is_writable(&settings.state_dir);
+    report.deleted_by = deleted_by(args.delete_with, remote.as_deref(), writable);
     for e in &report.errors {
         eprintln!("storegc: {e}");
     }
@@ -89,6 +92,47 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
     )
 }
 
+/// Whether this process may write `dir` (`access(W_OK)`), as Nix's
+/// `auto` store decides between the local store and the daemon.
+fn is_writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+}
+
+/// Who deleted, in words: storegc's engine works on the local store;
+/// `nix-store` deletes where `NIX_REMOTE` sends it, and when that is unset
+/// or `auto`, locally if the state dir is writable, else through the
+/// daemon (as Nix's `auto` store decides; a `store` line in nix.conf
+/// overrides both).
+fn deleted_by(with: crate::apply::DeleteWith, remote: Option<&str>, writable: bool) -> String {
+    use crate::apply::DeleteWith;
+    match (with, remote.unwrap_or("")) {
+        (DeleteWith::Storegc, _) => {
+            "storegc's engine, on the local store (Nix's GC lock and gc-socket)".into()
+        }
+        (DeleteWith::NixStore, "daemon") => {
+            "nix-store --delete, through the Nix daemon (NIX_REMOTE=daemon)".into()
+        }
+        (DeleteWith::NixStore, r) if r.starts_with("unix://") || r.starts_with("ssh") => {
+            format!("nix-store --delete, through the store at {r} (NIX_REMOTE)")
+        }
+        (DeleteWith::NixStore, "local") => {
+            "nix-store --delete, on the local store (NIX_REMOTE=local)".into()
+        }
+        (DeleteWith::NixStore, "" | "auto") if writable => {
+            "nix-store --delete, on the local store (the state dir is writable)".into()
+        }
+        (DeleteWith::NixStore, "" | "auto") => {
+            "nix-store --delete, through the Nix daemon (the state dir is not writable)".into()
+        }
+        (DeleteWith::NixStore, r) => format!("nix-store --delete, on the store {r} (NIX_REMOTE)"),
+    }
+}
+
 /// The statvfs before/after difference, said as what it is: not what
 /// the deletions freed (that is the narSize line) but the change of the
 /// filesystem's free space, which includes other writers and Nix's
@@ -104,6 +148,9 @@ fn fs_change(freed: i64) -> String {
 fn text(r: &ApplyReport) -> String {
     let mut out = String::new();
     let verb = if r.dry_run { "would delete" } else { "deleted" };
+    if !r.dry_run {
+        let _ = writeln!(out, "deleted by: {}", r.deleted_by);
+    }
     let _ = writeln!(
         out,
         "{verb}: {} paths, {} (narSize)",

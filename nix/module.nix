@@ -10,6 +10,9 @@
 # keeps the newest keepReports of each. When a closure list changes (the
 # CI job that builds the fleet's systems replaces it), a second unit plans
 # without deleting and writes reportDir/preview.md for that job's summary.
+# With lowDisk.enable, a third unit runs every few minutes and, only while
+# the store's filesystem has less than lowDisk.below available, plans and
+# applies the low-disk policy.
 # See nix/example-nix-cache02.nix and the README's "Deployment" section.
 {
   config,
@@ -62,18 +65,25 @@ let
   # nixos-rebuild instead of the nightly run. Only for a policy known at
   # build time (not a policyFile string naming a file on the host), and
   # only when the build platform can run the host's storegc.
-  canCheck =
-    (cfg.policyFile == null || builtins.isPath cfg.policyFile)
-    && pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
-  policy =
-    if canCheck then
-      pkgs.runCommand "storegc-policy.toml" { nativeBuildInputs = [ cfg.package ]; } ''
-        storegc policy check ${rawPolicy}
-        cp ${rawPolicy} "$out"
-      ''
-    else
-      rawPolicy;
+  canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+  checkPolicy =
+    name: file:
+    pkgs.runCommand name { nativeBuildInputs = [ cfg.package ]; } ''
+      storegc policy check ${file}
+      cp ${file} "$out"
+    '';
+  canCheck = (cfg.policyFile == null || builtins.isPath cfg.policyFile) && canRun;
+  policy = if canCheck then checkPolicy "storegc-policy.toml" rawPolicy else rawPolicy;
   policyPath = "/etc/storegc/policy.toml";
+
+  # The low-disk run's policy, checked the same way when it is a Nix path;
+  # at /etc/storegc/low-disk.toml, where manual runs find it too.
+  lowDiskPolicy =
+    if builtins.isPath cfg.lowDisk.policy && canRun then
+      checkPolicy "storegc-low-disk.toml" cfg.lowDisk.policy
+    else
+      cfg.lowDisk.policy;
+  lowDiskPolicyPath = "/etc/storegc/low-disk.toml";
 
   scriptInputs = [
     cfg.package
@@ -112,7 +122,7 @@ let
     ReadWritePaths = [
       "/nix/var/nix"
       cfg.reportDir
-    ] ++ optional local "/nix/store";
+    ] ++ optional local "/nix/store" ++ optional (cfg.metricsDir != null) cfg.metricsDir;
     # Read-only, not true/tmpfs: indirect roots (`result` links made by
     # nix build) live in home directories, and a root whose link storegc
     # cannot see would count as gone.
@@ -183,6 +193,11 @@ let
     STOREGC_REPORT_DIR = cfg.reportDir;
     STOREGC_KEEP_REPORTS = toString cfg.keepReports;
     STOREGC_MAX_PLAN_AGE = cfg.maxPlanAge;
+  }
+  // optionalAttrs (cfg.metricsDir != null) {
+    # storegc-<run>-plan.prom and storegc-<run>-apply.prom, run being
+    # nightly or low-disk (the preview writes none).
+    STOREGC_METRICS_DIR = cfg.metricsDir;
   }
   // optionalAttrs cfg.deleteThroughDaemon {
     # nix-store --delete goes through nix-daemon, which already has
@@ -352,6 +367,57 @@ in
       '';
     };
 
+    metricsDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter-text-files";
+      description = ''
+        The folder of node_exporter's textfile collector
+        (`--collector.textfile.directory`): each run writes
+        storegc-nightly-plan.prom and storegc-nightly-apply.prom there
+        (storegc-low-disk-*.prom for the low-disk run), atomically, with
+        the last run's time, duration and result, what was planned and
+        deleted per reason, what was kept per protection, the store's
+        size and failures. Created (root, 0755) when missing. Off (null)
+        by default.
+      '';
+    };
+
+    lowDisk = {
+      enable = mkEnableOption "a low-disk run: every `lowDisk.interval`, plan and apply `lowDisk.policy`, but only while the store's filesystem has less than `lowDisk.below` available";
+
+      below = mkOption {
+        type = types.str;
+        default = "10%";
+        example = "50GiB";
+        description = ''
+          `storegc plan --only-if-available-below`: the run does anything
+          only while the store's filesystem has less than this available,
+          a size ("50GiB") or a share of the filesystem ("10%"). Above it
+          the run only reads statvfs and ends ("nothing to do").
+        '';
+      };
+
+      policy = mkOption {
+        type = types.path;
+        default = "${cfg.package}/share/storegc/policies/low-disk.toml";
+        defaultText = literalExpression ''"''${cfg.package}/share/storegc/policies/low-disk.toml"'';
+        description = ''
+          The policy of the low-disk run (a budget such as `until-free =
+          "15%"` says how much to free), installed as
+          /etc/storegc/low-disk.toml in place of `extraPolicies.low-disk`.
+          Checked with `storegc policy check` at build time when it is a
+          Nix path.
+        '';
+      };
+
+      interval = mkOption {
+        type = types.str;
+        default = "5min";
+        description = "How long after boot, and after each low-disk run ends, the next one starts (systemd.time(7) time span).";
+      };
+    };
+
     previewOnChange = mkOption {
       type = types.bool;
       default = true;
@@ -388,6 +454,14 @@ in
           message = "services.storegc: closureLists is added to `policy`; with policyFile, list them in the file's [protect] closure-lists.";
         }
         {
+          # What `storegc plan --only-if-available-below` takes, so a typo
+          # fails the rebuild rather than every low-disk run.
+          assertion =
+            !cfg.lowDisk.enable
+            || builtins.match "[0-9]+(\\.[0-9]+)? *(%|[BbKkMmGgTtPp]|[KkMmGgTtPp][Ii]?[Bb])?" cfg.lowDisk.below != null;
+          message = "services.storegc.lowDisk.below: '${cfg.lowDisk.below}' is neither a size (\"50GiB\") nor a percentage (\"10%\").";
+        }
+        {
           assertion = cfg.deleteThroughDaemon -> config.nix.enable;
           message = "services.storegc: deleteThroughDaemon needs nix-daemon (nix.enable).";
         }
@@ -401,7 +475,8 @@ in
         {
           "storegc/policy.toml".source = policy;
         }
-        // mapAttrs' (name: file: nameValuePair "storegc/${name}.toml" { source = file; }) cfg.extraPolicies;
+        // mapAttrs' (name: file: nameValuePair "storegc/${name}.toml" { source = file; }) cfg.extraPolicies
+        // optionalAttrs cfg.lowDisk.enable { "storegc/low-disk.toml".source = lowDiskPolicy; };
 
       users.groups = mkIf (cfg.closureListGroup == "storegc") { storegc = { }; };
 
@@ -409,7 +484,7 @@ in
         # setgid: lists written by the CI job keep the group.
         "d ${stateDir} 2775 root ${cfg.closureListGroup} - -"
         "d ${cfg.reportDir} 0755 root root - -"
-      ];
+      ] ++ optional (cfg.metricsDir != null) "d ${cfg.metricsDir} 0755 root root - -";
 
       systemd.services.storegc = {
         description = "storegc: plan and apply the Nix store GC policy";
@@ -430,6 +505,44 @@ in
         RandomizedDelaySec = cfg.randomizedDelaySec;
       };
     }
+
+    (mkIf cfg.lowDisk.enable {
+      # The nightly script with --only-if-available-below: above the
+      # threshold plan reads statvfs, says "nothing to do" and writes no
+      # plan, so nothing is applied. Reports go to reportDir as
+      # low-disk-plan-*.json and low-disk-report-*.md, kept apart from
+      # the nightly ones. A run while the nightly one applies is refused
+      # by apply's lock and retried at the next interval.
+      systemd.services.storegc-low-disk = {
+        description = "storegc: plan and apply the low-disk policy when free space is low";
+        documentation = [ "man:storegc(1)" ];
+        after = daemonUnits;
+        wants = daemonUnits;
+        environment = environment // {
+          STOREGC_POLICY = lowDiskPolicyPath;
+          STOREGC_RUN_NAME = "low-disk";
+        };
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          ExecStart = utils.escapeSystemdExecArgs (
+            [
+              "${nightly}/bin/storegc-nightly"
+              "--only-if-available-below"
+              cfg.lowDisk.below
+            ]
+            ++ cfg.extraArgs
+          );
+        };
+      };
+      systemd.timers.storegc-low-disk = {
+        description = "storegc: check for low disk space every ${cfg.lowDisk.interval}";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnBootSec = cfg.lowDisk.interval;
+          OnUnitInactiveSec = cfg.lowDisk.interval;
+        };
+      };
+    })
 
     {
       systemd.services = genAttrs writerUnits (_: {

@@ -109,12 +109,14 @@ pub struct PolicyArgs {
     /// `nix-store --gc` would
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// Stop after this many bytes (narSize), e.g. 100GiB
-    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
-    pub max_freed: Option<u64>,
-    /// Only free until the store's filesystem has this much available
-    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
-    pub until_free: Option<u64>,
+    /// Stop after this many bytes (narSize), e.g. 100GiB, or this share
+    /// of the store's filesystem, e.g. 10%
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub max_freed: Option<crate::policy::Amount>,
+    /// Only free until the store's filesystem has this much available,
+    /// e.g. 200GiB or 15%
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub until_free: Option<crate::policy::Amount>,
     /// Which deletable paths the budget takes first
     #[arg(long, value_name = "ORDER", value_parser = order_parser())]
     pub order: Option<crate::policy::Order>,
@@ -167,6 +169,11 @@ pub struct ApplyArgs {
     /// into, as in some containers): a path only such a process uses may go
     #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_incomplete_roots: bool,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,6 +209,16 @@ pub struct PlanArgs {
     /// generated demo store instead (as `storegc demo`) rather than failing
     #[arg(long)]
     pub demo_if_no_store: bool,
+    /// Plan only when the store's filesystem has less than this available
+    /// (e.g. 50GiB or 10%); otherwise say "nothing to do" on stderr, write
+    /// no plan and exit 0 (for a low-disk timer)
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub only_if_available_below: Option<crate::policy::Amount>,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

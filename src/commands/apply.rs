@@ -53,6 +53,42 @@ fn stop_message(n: usize) -> &'static str {
 }
 
 pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
+    let (started, clock) = (super::now(), std::time::Instant::now());
+    let mut report = None;
+    let result = apply_and_report(global, args, &mut report);
+    let Some(file) = &args.metrics else {
+        return result;
+    };
+    // The plan again, for the reasons of what was deleted; a plan apply
+    // refused may not parse, and then only the run is reported.
+    let plan: Option<crate::plan::Plan> = std::fs::read(&args.plan)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let run = crate::metrics::Run {
+        command: "apply",
+        policy: plan.as_ref().and_then(|p| p.settings.policy.clone()),
+        started,
+        duration: clock.elapsed(),
+        exit: *result.as_ref().unwrap_or(&ExitCode::BadInput),
+    };
+    let metrics = crate::metrics::apply(&run, plan.as_ref(), report.as_ref());
+    match crate::metrics::write(file, &metrics.render()) {
+        Ok(()) => result,
+        // Deletions may have happened: the report is out, so say it and
+        // exit 1 rather than 2 ("nothing changed").
+        Err(e) => {
+            eprintln!("storegc: {e}");
+            result.map(|_| ExitCode::Partial)
+        }
+    }
+}
+
+/// Applies the plan, prints the report and leaves it in `out`.
+fn apply_and_report(
+    global: &GlobalArgs,
+    args: &ApplyArgs,
+    out: &mut Option<ApplyReport>,
+) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let stop = watch_signals()?;
     let opts = ApplyOptions {
@@ -83,13 +119,13 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     super::write_stdout(&text)?;
-    Ok(
-        if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
-            ExitCode::Success
-        } else {
-            ExitCode::Partial
-        },
-    )
+    let code = if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
+        ExitCode::Success
+    } else {
+        ExitCode::Partial
+    };
+    *out = Some(report);
+    Ok(code)
 }
 
 /// Whether this process may write `dir` (`access(W_OK)`), as Nix's

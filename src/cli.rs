@@ -202,9 +202,13 @@ pub struct PlanArgs {
     /// Output format on stdout
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
-    /// Also write the JSON plan to this file (for `storegc apply`)
+    /// Also write the JSON plan to this file (for `storegc apply`); with a
+    /// rollback window (`dead-for`), also saves its state
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The rollback window's state [default: $NIX_STATE_DIR/storegc/dead-since]
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
     /// When there is no Nix store database, or an empty one, plan on a
     /// generated demo store instead (as `storegc demo`) rather than failing
     #[arg(long)]

@@ -77,6 +77,9 @@ pub struct LoadOptions {
     pub busy_timeout: Duration,
     /// `/proc` normally; `None` skips runtime roots.
     pub proc_dir: Option<PathBuf>,
+    /// Read `DerivationOutputs` even without keep-outputs (for
+    /// `protect.build-closures`); the graph still follows nix.conf.
+    pub derivation_outputs: bool,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +87,7 @@ impl Default for LoadOptions {
         LoadOptions {
             busy_timeout: Duration::from_secs(5),
             proc_dir: Some(PathBuf::from("/proc")),
+            derivation_outputs: false,
         }
     }
 }
@@ -113,7 +117,7 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
                 &settings.state_dir,
                 &settings.store_dir,
                 opts.busy_timeout,
-                settings.gc.keep_outputs,
+                settings.gc.keep_outputs || opts.derivation_outputs,
             )
         },
     );

@@ -55,6 +55,10 @@ pub struct Plan {
     /// file) when every process was read.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unreadable_processes: u64,
+    /// The rollback window (`select.dead-for`), if the policy has one;
+    /// `apply` re-reads its state file and keeps what it keeps then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<PlanWindow>,
     /// Warnings from the policy's inputs (e.g. a closure-list path that is
     /// not valid yet).
     #[serde(default)]
@@ -234,8 +238,27 @@ pub struct PlanKept {
     pub closure_lists: PlanTally,
     pub protected_paths: PlanTally,
     pub protected_names: PlanTally,
+    /// `protect.build-closures` (absent when nothing).
+    #[serde(default, skip_serializing_if = "PlanTally::is_zero")]
+    pub build_closures: PlanTally,
     pub unselected: PlanTally,
+    /// The rollback window, `select.dead-for` (absent when nothing).
+    #[serde(default, skip_serializing_if = "PlanTally::is_zero")]
+    pub window: PlanTally,
     pub budget: PlanTally,
+}
+
+/// The rollback window as planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanWindow {
+    /// `select.dead-for`, in seconds.
+    pub dead_for_secs: u64,
+    /// The dead-since state file read (and, by `plan --out`, written).
+    pub state_file: String,
+    /// There was no state yet: nothing goes by the window this time.
+    pub first_run: bool,
+    /// Paths seen deletable now, each with its date in the state.
+    pub tracked_paths: u64,
 }
 
 impl From<Kept> for PlanKept {
@@ -245,7 +268,9 @@ impl From<Kept> for PlanKept {
             closure_lists: k.closure_lists.into(),
             protected_paths: k.protected_paths.into(),
             protected_names: k.protected_names.into(),
+            build_closures: k.build_closures.into(),
             unselected: k.unselected.into(),
+            window: k.window.into(),
             budget: k.budget.into(),
         }
     }
@@ -259,12 +284,20 @@ impl PlanKept {
             self.closure_lists,
             self.protected_paths,
             self.protected_names,
+            self.build_closures,
             self.unselected,
+            self.window,
             self.budget,
         ] {
             t += x;
         }
         t
+    }
+}
+
+impl PlanTally {
+    pub fn is_zero(&self) -> bool {
+        self.paths == 0 && self.bytes == 0
     }
 }
 
@@ -374,6 +407,8 @@ pub struct PlanMeta {
     /// Processes whose runtime roots could not be read, sorted; a warning
     /// leads the plan's when there are any.
     pub unreadable_processes: Vec<u32>,
+    /// The dead-since state file, when the policy has a rollback window.
+    pub state_file: Option<String>,
 }
 
 impl Plan {
@@ -454,6 +489,12 @@ impl Plan {
             kept: decision.kept.into(),
             by_reason: decision.by_reason.into(),
             budget: decision.budget.map(PlanBudget::from),
+            window: decision.window.map(|w| PlanWindow {
+                dead_for_secs: w.dead_for_secs,
+                state_file: meta.state_file.clone().unwrap_or_default(),
+                first_run: w.first_run,
+                tracked_paths: w.tracked,
+            }),
             unreadable_processes: meta.unreadable_processes.len() as u64,
             warnings: crate::roots::incomplete_warning(&meta.unreadable_processes)
                 .into_iter()
@@ -507,6 +548,7 @@ mod tests {
             inputs: vec![],
             settings_warnings: vec!["s".into()],
             unreadable_processes: vec![],
+            state_file: None,
         };
         let decision = Decision {
             delete: vec![0, 1],

@@ -135,6 +135,11 @@ pub fn text(plan: &Plan, largest: usize) -> String {
             human_bytes(t.bytes)
         ));
     }
+    if let Some(w) = window_line(plan) {
+        for l in wrap(&w, TEXT_WIDTH, "  ") {
+            out.line(l);
+        }
+    }
     if let Some(b) = &plan.budget {
         if b.already_met {
             out.line("budget: until-free already met, nothing to delete".to_string());
@@ -293,6 +298,9 @@ pub fn markdown(plan: &Plan, largest: usize) -> String {
         );
     }
     out.push('\n');
+    if let Some(w) = window_line(plan) {
+        let _ = writeln!(out, "{w}\n");
+    }
     if !plan.expired_roots.is_empty() {
         let _ = writeln!(out, "### Expired roots\n\n| link | why |\n|---|---|");
         for e in &plan.expired_roots {
@@ -324,6 +332,27 @@ pub fn markdown(plan: &Plan, largest: usize) -> String {
     out
 }
 
+/// The rollback window in words: its length, how much it kept, and on a
+/// first run (no state yet) that nothing goes by it this time.
+fn window_line(plan: &Plan) -> Option<String> {
+    let w = plan.window.as_ref()?;
+    let days = crate::policy::format_duration(std::time::Duration::from_secs(w.dead_for_secs));
+    let kept = plan.kept.window;
+    let mut line = format!(
+        "rollback window {days}: kept {} paths, {}; {} paths tracked in {}",
+        kept.paths,
+        human_bytes(kept.bytes),
+        w.tracked_paths,
+        w.state_file
+    );
+    if w.first_run {
+        line.push_str(
+            " (first run: no state yet, every deletable path starts its window now, nothing goes by it)",
+        );
+    }
+    Some(line)
+}
+
 /// Deleted paths and bytes per reason, sorted by reason.
 fn by_reason(plan: &Plan) -> BTreeMap<&str, (u64, u64)> {
     let mut m: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -343,7 +372,9 @@ fn kept_rows(plan: &Plan) -> Vec<(&'static str, crate::plan::PlanTally)> {
         ("by closure lists", k.closure_lists),
         ("by protect.paths", k.protected_paths),
         ("by protect.names", k.protected_names),
+        ("by build closures", k.build_closures),
         ("not selected by the policy", k.unselected),
+        ("by the rollback window", k.window),
         ("left by the budget", k.budget),
     ]
     .into_iter()
@@ -716,6 +747,7 @@ mod tests {
             by_reason: Default::default(),
             budget: None,
             unreadable_processes: 0,
+            window: None,
             warnings: vec![format!("closure list {store}/{msg}: not valid {msg}")],
         }
     }

@@ -255,6 +255,7 @@ mod tests {
             by_reason: Default::default(),
             budget: None,
             unreadable_processes: 0,
+            window: None,
             warnings: vec![],
         }
     }

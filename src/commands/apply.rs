@@ -95,7 +95,11 @@ fn apply_and_report(
         max_plan_age: args.max_plan_age,
         dry_run: args.dry_run,
         nix_store: args.nix_store.clone(),
-        load: super::load_options(global),
+        // apply's re-check of `protect.build-closures` needs the outputs.
+        load: crate::load::LoadOptions {
+            derivation_outputs: true,
+            ..super::load_options(global)
+        },
         batch_bytes: args.batch_bytes,
         delete_with: args.delete_with,
         lock_timeout: args
@@ -111,6 +115,9 @@ fn apply_and_report(
     let remote = std::env::var("NIX_REMOTE").ok();
     let writable = is_writable(&settings.state_dir);
     report.deleted_by = deleted_by(args.delete_with, remote.as_deref(), writable);
+    if let Err(e) = update_dead_since(&args.plan, &report) {
+        report.errors.push(format!("{e:#}"));
+    }
     for e in &report.errors {
         eprintln!("storegc: {e}");
     }
@@ -167,6 +174,30 @@ fn deleted_by(with: crate::apply::DeleteWith, remote: Option<&str>, writable: bo
         }
         (DeleteWith::NixStore, r) => format!("nix-store --delete, on the store {r} (NIX_REMOTE)"),
     }
+}
+
+/// After a run, the rollback window's state forgets what apply deleted
+/// and what it found live again (a deleted path that comes back is new).
+/// Nothing to forget (or a dry run): the state is left as `plan --out`
+/// wrote it. Only with a plan made under `select.dead-for`.
+fn update_dead_since(plan_file: &std::path::Path, report: &ApplyReport) -> Result<()> {
+    if report.dry_run || (report.deleted.is_empty() && report.skipped_live.is_empty()) {
+        return Ok(());
+    }
+    let plan = crate::apply::check::read_plan(plan_file)?;
+    let Some(w) = &plan.window else {
+        return Ok(());
+    };
+    let file = std::path::Path::new(&w.state_file);
+    let Some(mut state) = crate::deadsince::load(file, &plan.store_dir)? else {
+        return Ok(());
+    };
+    let hashes = (report.deleted.iter())
+        .chain(&report.skipped_live)
+        .map(|p| crate::store_path::hash_of(p.rsplit('/').next().unwrap_or(p)));
+    state.forget(hashes);
+    state.save(file)?;
+    Ok(())
 }
 
 /// The statvfs before/after difference, said as what it is: not what

@@ -16,10 +16,10 @@ use crate::report::human_bytes;
 struct Bar(ProgressBar);
 
 impl Progress for Bar {
-    fn start(&self, paths: u64) {
+    fn start(&self, paths: u64, _bytes: u64) {
         self.0.set_length(paths);
     }
-    fn advance(&self, paths: u64) {
+    fn advance(&self, paths: u64, _bytes: u64) {
         self.0.inc(paths);
     }
 }

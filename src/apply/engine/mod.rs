@@ -15,6 +15,7 @@
 //! Rows before files, always: a valid path never lacks its files, also
 //! after a SIGKILL.
 
+mod backend;
 pub mod files;
 pub mod protocol;
 

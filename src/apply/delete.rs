@@ -101,13 +101,14 @@ pub fn start(settings: &Settings, opts: &ApplyOptions) -> Result<Box<dyn Deleter
         DeleteWith::NixStore => {
             let bin = super::nix::find_nix_store(opts.nix_store.as_deref())
                 .ok_or(ApplyError::NoNixStore)?;
-            Box::new(super::nix_store::NixStore::new(bin, settings))
+            Box::new(super::nix_store::NixStore::new(bin, settings, opts))
         }
-        DeleteWith::Storegc => Box::new(super::engine::Engine::start(
-            settings,
-            opts.lock_timeout,
-            opts.load.busy_timeout,
-        )?),
+        DeleteWith::Storegc => {
+            let mut e =
+                super::engine::Engine::start(settings, opts.lock_timeout, opts.load.busy_timeout)?;
+            e.vacuum_at_end = opts.vacuum;
+            Box::new(e)
+        }
     })
 }
 

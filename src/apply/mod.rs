@@ -22,6 +22,7 @@ pub mod order;
 pub mod protect;
 pub mod recheck;
 pub mod remove;
+pub mod repair;
 pub mod scc;
 
 use std::os::fd::AsRawFd;
@@ -54,6 +55,8 @@ pub enum ApplyError {
     Spawn(PathBuf, std::io::Error),
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    #[error("{0}: cannot read the store folder ({1})")]
+    Store(PathBuf, std::io::Error),
 }
 
 /// Which deleter takes the batches.
@@ -82,6 +85,9 @@ pub struct ApplyOptions {
     pub lock_timeout: Duration,
     /// Paths per engine chunk (one SQLite transaction each).
     pub chunk_size: usize,
+    /// Vacuum the database at the end, under the GC lock, when a quarter
+    /// of it is free (see [`engine::Engine::vacuum`]).
+    pub vacuum: bool,
 }
 
 impl Default for ApplyOptions {
@@ -96,6 +102,7 @@ impl Default for ApplyOptions {
             delete_with: DeleteWith::NixStore,
             lock_timeout: Duration::from_secs(u64::MAX / 4),
             chunk_size: 50_000,
+            vacuum: false,
         }
     }
 }
@@ -126,6 +133,13 @@ pub struct ApplyReport {
     pub roots_removed: Vec<String>,
     /// Expired roots left in place, with the reason.
     pub roots_kept: Vec<(String, String)>,
+    /// Store entries without a database row that nothing held, removed by
+    /// the engine (left by a crash between a commit and its files, or by
+    /// failed builds), sorted.
+    pub orphans_removed: Vec<String>,
+    /// What `--vacuum` found and did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vacuum: Option<engine::Vacuum>,
     /// Stopped by a signal before the last batch.
     pub interrupted: bool,
     /// Errors after something had changed (exit 1).
@@ -260,7 +274,7 @@ fn finish(mut report: ApplyReport) -> ApplyReport {
 
 /// One apply at a time per store: an exclusive `flock` on
 /// `$NIX_STATE_DIR/storegc/apply.lock`, refused (not waited for) when held.
-fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
+pub(crate) fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
     let dir = state_dir.join("storegc");
     let path = dir.join("apply.lock");
     std::fs::create_dir_all(&dir).map_err(|e| ApplyError::Lock(path.clone(), e))?;

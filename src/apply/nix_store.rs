@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::delete::{Deleter, Target};
 use super::nix::{self, DeleteOutcome};
@@ -12,16 +13,25 @@ use super::{order, ApplyError, ApplyOptions, ApplyReport};
 use crate::paths::PathId;
 use crate::settings::Settings;
 
-/// The backend: the binary and its argument budget.
+/// The backend: the binary and its argument budget; with `--vacuum`, what
+/// the vacuum at the end needs.
 pub struct NixStore {
     bin: PathBuf,
     budget: usize,
+    vacuum: Option<(Settings, Duration, Duration)>,
 }
 
 impl NixStore {
-    pub fn new(bin: PathBuf, settings: &Settings) -> NixStore {
+    pub fn new(bin: PathBuf, settings: &Settings, opts: &ApplyOptions) -> NixStore {
         let budget = nix::arg_budget(&bin, settings);
-        NixStore { bin, budget }
+        let vacuum = opts
+            .vacuum
+            .then(|| (settings.clone(), opts.lock_timeout, opts.load.busy_timeout));
+        NixStore {
+            bin,
+            budget,
+            vacuum,
+        }
     }
 }
 
@@ -79,6 +89,21 @@ impl Deleter for NixStore {
             }
         }
         Ok(survivors)
+    }
+
+    /// `--vacuum`: under Nix's GC lock with its socket served (a builder
+    /// that finds the lock held talks to the socket), as the engine does.
+    fn finish(&mut self, _: &Target, report: &mut ApplyReport) {
+        let Some((settings, lock_timeout, busy)) = &self.vacuum else {
+            return;
+        };
+        let vacuum = super::engine::Engine::start(settings, *lock_timeout, *busy)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.vacuum().map_err(|e| e.to_string()));
+        match vacuum {
+            Ok(v) => report.vacuum = Some(v),
+            Err(e) => report.errors.push(format!("vacuum: {e}")),
+        }
     }
 }
 

@@ -66,6 +66,7 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
             .lock_timeout
             .unwrap_or(ApplyOptions::default().lock_timeout),
         chunk_size: args.chunk_size,
+        vacuum: args.vacuum.vacuum,
         ..ApplyOptions::default()
     };
     let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
@@ -153,6 +154,10 @@ fn text(r: &ApplyReport) -> String {
             let _ = writeln!(out, "  {}: {}", f.path, f.error);
         }
     }
+    orphans(&mut out, &r.orphans_removed);
+    if let Some(v) = &r.vacuum {
+        let _ = writeln!(out, "{}", vacuum(v));
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -163,6 +168,35 @@ fn text(r: &ApplyReport) -> String {
         let _ = writeln!(out, "interrupted: run apply again to finish");
     }
     out
+}
+
+/// Store entries without a database row that the engine removed.
+pub fn orphans(out: &mut String, removed: &[String]) {
+    if removed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "removed without a database row (left by a crash or a failed build): {}",
+        removed.len()
+    );
+    for p in removed.iter().take(20) {
+        let _ = writeln!(out, "  {p}");
+    }
+}
+
+/// What `--vacuum` did, in words.
+pub fn vacuum(v: &crate::apply::engine::Vacuum) -> String {
+    let free = human_bytes(v.free_bytes_before);
+    let size = human_bytes(v.bytes_before);
+    if v.done {
+        format!(
+            "database vacuumed: {size} -> {} ({free} were free)",
+            human_bytes(v.bytes_after)
+        )
+    } else {
+        format!("database not vacuumed: {free} of {size} free, less than a quarter")
+    }
 }
 
 /// The policy's second look: inputs changed since the plan, and the

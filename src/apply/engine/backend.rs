@@ -44,12 +44,33 @@ impl Deleter for Engine {
         })
     }
 
+    /// Unless stopped: the entries without a row; then `.links`.
     fn finish(&mut self, t: &Target, report: &mut ApplyReport) {
+        if !t.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match self.sweep_orphans(t.state) {
+                Ok(s) => {
+                    report.freed_disk_bytes += s.freed;
+                    let dir = t.settings.store_dir.as_str();
+                    report.orphans_removed =
+                        s.removed.iter().map(|n| format!("{dir}/{n}")).collect();
+                    report.errors.extend(s.errors);
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("{}: {e}", t.settings.store_dir.as_str())),
+            }
+        }
         match self.sweep_links() {
             Ok(b) => report.freed_disk_bytes += b,
             Err(e) => report
                 .errors
                 .push(format!("{}/.links: {e}", t.settings.store_dir.as_str())),
+        }
+        if self.vacuum_at_end {
+            match self.vacuum() {
+                Ok(v) => report.vacuum = Some(v),
+                Err(e) => report.errors.push(format!("vacuum: {e}")),
+            }
         }
     }
 }

@@ -5,22 +5,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Result;
-use indicatif::ProgressBar;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cli::{ApplyArgs, GlobalArgs, TextOrJson};
 use crate::exit::ExitCode;
-use crate::progress::Printer;
+use crate::progress::{DeletionBar, Printer};
 use crate::report::human_bytes;
 
-struct Bar(ProgressBar);
+/// Paths and bytes deleted, chunk by chunk, on a terminal only.
+struct Bar(DeletionBar);
 
 impl Progress for Bar {
-    fn start(&self, paths: u64, _bytes: u64) {
-        self.0.set_length(paths);
+    fn start(&self, paths: u64, bytes: u64) {
+        self.0.start(paths, bytes);
     }
-    fn advance(&self, paths: u64, _bytes: u64) {
-        self.0.inc(paths);
+    fn advance(&self, paths: u64, bytes: u64) {
+        self.0.advance(paths, bytes);
     }
 }
 
@@ -69,9 +69,9 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         vacuum: args.vacuum.vacuum,
         ..ApplyOptions::default()
     };
-    let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
+    let bar = Bar(Printer::new(global.quiet, global.verbose).deletion_bar());
     let report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
-    bar.0.finish_and_clear();
+    bar.0.bar.finish_and_clear();
     for e in &report.errors {
         eprintln!("storegc: {e}");
     }

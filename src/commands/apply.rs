@@ -5,22 +5,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Result;
-use indicatif::ProgressBar;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cli::{ApplyArgs, GlobalArgs, TextOrJson};
 use crate::exit::ExitCode;
-use crate::progress::Printer;
+use crate::progress::{DeletionBar, Printer};
 use crate::report::human_bytes;
 
-struct Bar(ProgressBar);
+/// Paths and bytes deleted, chunk by chunk, on a terminal only.
+struct Bar(DeletionBar);
 
 impl Progress for Bar {
-    fn start(&self, paths: u64) {
-        self.0.set_length(paths);
+    fn start(&self, paths: u64, bytes: u64) {
+        self.0.start(paths, bytes);
     }
-    fn advance(&self, paths: u64) {
-        self.0.inc(paths);
+    fn advance(&self, paths: u64, bytes: u64) {
+        self.0.advance(paths, bytes);
     }
 }
 
@@ -107,11 +107,12 @@ fn apply_and_report(
             .unwrap_or(ApplyOptions::default().lock_timeout),
         chunk_size: args.chunk_size,
         allow_incomplete_roots: args.allow_incomplete_roots,
+        vacuum: args.vacuum.vacuum,
         ..ApplyOptions::default()
     };
-    let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
+    let bar = Bar(Printer::new(global.quiet, global.verbose).deletion_bar());
     let mut report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
-    bar.0.finish_and_clear();
+    bar.0.bar.finish_and_clear();
     let remote = std::env::var("NIX_REMOTE").ok();
     let writable = is_writable(&settings.state_dir);
     report.deleted_by = deleted_by(args.delete_with, remote.as_deref(), writable);
@@ -268,6 +269,10 @@ fn text(r: &ApplyReport) -> String {
             let _ = writeln!(out, "  {}: {}", f.path, f.error);
         }
     }
+    orphans(&mut out, &r.orphans_removed);
+    if let Some(v) = &r.vacuum {
+        let _ = writeln!(out, "{}", vacuum(v));
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -278,6 +283,35 @@ fn text(r: &ApplyReport) -> String {
         let _ = writeln!(out, "interrupted: run apply again to finish");
     }
     out
+}
+
+/// Store entries without a database row that the engine removed.
+pub fn orphans(out: &mut String, removed: &[String]) {
+    if removed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "removed without a database row (left by a crash or a failed build): {}",
+        removed.len()
+    );
+    for p in removed.iter().take(20) {
+        let _ = writeln!(out, "  {p}");
+    }
+}
+
+/// What `--vacuum` did, in words.
+pub fn vacuum(v: &crate::apply::engine::Vacuum) -> String {
+    let free = human_bytes(v.free_bytes_before);
+    let size = human_bytes(v.bytes_before);
+    if v.done {
+        format!(
+            "database vacuumed: {size} -> {} ({free} were free)",
+            human_bytes(v.bytes_after)
+        )
+    } else {
+        format!("database not vacuumed: {free} of {size} free, less than a quarter")
+    }
 }
 
 /// The policy's second look: inputs changed since the plan, and the

@@ -6,6 +6,7 @@ mod apply;
 mod explain;
 mod generate;
 mod plan;
+mod repair;
 mod roots;
 
 use std::io::Write;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Roots(args) => roots::run(&cli.global, args),
         Command::Apply(args) => apply::run(&cli.global, args),
+        Command::Repair(args) => repair::run(&cli.global, args),
         Command::Explain(args) => explain::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
         Command::Policy(PolicyCommand::Check { file }) => plan::check(file),

@@ -27,6 +27,9 @@
         # get back, and other hosts fetch them from here).
         origin = "local";
         older-than = "14d";
+        # The rollback window: only what has been unused for a week
+        # (state in /nix/var/nix/storegc/dead-since).
+        dead-for = "7d";
       };
       generations = [
         {
@@ -42,6 +45,9 @@
           "/var/lib/gitea-runner/*/result"
           "/var/lib/gitea-runner/*/result-*"
         ];
+        # The three newest of each CI repository stay whatever their age.
+        keep-newest = 3;
+        group-by = "/var/lib/gitea-runner/*/(*)/(*)/**";
       };
       budget.order = "oldest-first";
     };

@@ -56,6 +56,9 @@ pub enum Command {
     /// Delete what a plan lets go, through `nix-store --delete`, after
     /// re-checking it against the store as it is now
     Apply(ApplyArgs),
+    /// Under Nix's GC lock, remove store entries no database row names and
+    /// nothing holds (what a crash of apply leaves), and unused `.links`
+    Repair(RepairArgs),
     /// Generate a synthetic store in a temporary folder and plan on it
     Demo(DemoArgs),
     /// Why is a path alive, protected or deletable?
@@ -164,11 +167,46 @@ pub struct ApplyArgs {
     /// With --delete-with storegc: paths per database transaction
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk_size: usize,
+    /// Delete even when the runtime roots of some processes could not be
+    /// read (storegc is not root, or a process even root may not look
+    /// into, as in some containers): a path only such a process uses may go
+    #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_incomplete_roots: bool,
     /// Also write metrics of this run to FILE in Prometheus text format
     /// (node_exporter's textfile collector), atomically; also when the
     /// run fails
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
+    #[command(flatten)]
+    pub vacuum: VacuumArg,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArg {
+    /// At the end, under Nix's GC lock, rebuild the store database when at
+    /// least a quarter of its file is free pages (deleting rows leaves them
+    /// free; SQLite reuses them but never shrinks the file)
+    ///
+    /// Off by default: the store database is in WAL mode, so VACUUM writes
+    /// the whole rebuilt database into the WAL, which grows as big as the
+    /// database and cannot be checkpointed back while any reader (a
+    /// nix-daemon worker, Harmonia) holds a snapshot; for that while the
+    /// disk needs room for a second copy of the database.
+    #[arg(long)]
+    pub vacuum: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Give up (exit 2, nothing changed) when Nix's GC lock is still held
+    /// after this long [default: wait]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub vacuum: VacuumArg,
+    /// Report format on stdout
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -197,9 +235,13 @@ pub struct PlanArgs {
     /// Output format on stdout
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
-    /// Also write the JSON plan to this file (for `storegc apply`)
+    /// Also write the JSON plan to this file (for `storegc apply`); with a
+    /// rollback window (`dead-for`), also saves its state
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The rollback window's state [default: $NIX_STATE_DIR/storegc/dead-since]
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
     /// When there is no Nix store database, or an empty one, plan on a
     /// generated demo store instead (as `storegc demo`) rather than failing
     #[arg(long)]

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod db;
+pub mod deadsince;
 pub mod dominators;
 pub mod exit;
 pub mod explain;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::plan::{Deletion, ExpiredKind, Plan, PlanRoot, PlanRootKind};
-use crate::roots::Root;
+use crate::roots::ListedRoot;
 use crate::store_path::{parse_basename, StoreDir, HASH_LEN};
 
 /// Columns of the text report.
@@ -135,6 +135,11 @@ pub fn text(plan: &Plan, largest: usize) -> String {
             human_bytes(t.bytes)
         ));
     }
+    if let Some(w) = window_line(plan) {
+        for l in wrap(&w, TEXT_WIDTH, "  ") {
+            out.line(l);
+        }
+    }
     if let Some(b) = &plan.budget {
         if b.already_met {
             out.line("budget: until-free already met, nothing to delete".to_string());
@@ -149,7 +154,10 @@ pub fn text(plan: &Plan, largest: usize) -> String {
             out.line(l);
         }
     }
-    out.line(format!("roots: {}", plan.roots.len()));
+    out.line(format!(
+        "roots: {} (links as nix-store --gc --print-roots lists them)",
+        plan.roots.len()
+    ));
     for (kind, n) in count_kinds(&plan.roots) {
         out.line(format!("  {:<28} {n:>8}", kind.as_str()));
     }
@@ -290,6 +298,9 @@ pub fn markdown(plan: &Plan, largest: usize) -> String {
         );
     }
     out.push('\n');
+    if let Some(w) = window_line(plan) {
+        let _ = writeln!(out, "{w}\n");
+    }
     if !plan.expired_roots.is_empty() {
         let _ = writeln!(out, "### Expired roots\n\n| link | why |\n|---|---|");
         for e in &plan.expired_roots {
@@ -321,6 +332,27 @@ pub fn markdown(plan: &Plan, largest: usize) -> String {
     out
 }
 
+/// The rollback window in words: its length, how much it kept, and on a
+/// first run (no state yet) that nothing goes by it this time.
+fn window_line(plan: &Plan) -> Option<String> {
+    let w = plan.window.as_ref()?;
+    let days = crate::policy::format_duration(std::time::Duration::from_secs(w.dead_for_secs));
+    let kept = plan.kept.window;
+    let mut line = format!(
+        "rollback window {days}: kept {} paths, {}; {} paths tracked in {}",
+        kept.paths,
+        human_bytes(kept.bytes),
+        w.tracked_paths,
+        w.state_file
+    );
+    if w.first_run {
+        line.push_str(
+            " (first run: no state yet, every deletable path starts its window now, nothing goes by it)",
+        );
+    }
+    Some(line)
+}
+
 /// Deleted paths and bytes per reason, sorted by reason.
 fn by_reason(plan: &Plan) -> BTreeMap<&str, (u64, u64)> {
     let mut m: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -340,7 +372,9 @@ fn kept_rows(plan: &Plan) -> Vec<(&'static str, crate::plan::PlanTally)> {
         ("by closure lists", k.closure_lists),
         ("by protect.paths", k.protected_paths),
         ("by protect.names", k.protected_names),
+        ("by build closures", k.build_closures),
         ("not selected by the policy", k.unselected),
+        ("by the rollback window", k.window),
         ("left by the budget", k.budget),
     ]
     .into_iter()
@@ -367,20 +401,26 @@ fn count_kinds(roots: &[PlanRoot]) -> BTreeMap<PlanRootKind, usize> {
     m
 }
 
-/// `storegc roots` as text: `LINK -> TARGET (kind)`, sorted.
-pub fn roots_text(roots: &[Root]) -> String {
+/// `storegc roots` as text: `LINK -> TARGET (kind)`, then `via ENTRY`
+/// for each entry that points to the link; one line per root as
+/// `nix-store --gc --print-roots` counts them, sorted.
+pub fn roots_text(roots: &[ListedRoot]) -> String {
     let mut out = String::new();
     for r in roots {
-        let _ = writeln!(out, "{} -> {} ({})", r.link, r.target, r.kind.as_str());
+        let _ = write!(out, "{} -> {} ({}", r.link, r.target, r.kind.as_str());
+        for v in &r.via {
+            let _ = write!(out, ", via {v}");
+        }
+        out.push_str(")\n");
     }
     out
 }
 
 /// `storegc roots --format json`.
-pub fn roots_json(roots: &[Root]) -> String {
+pub fn roots_json(roots: &[ListedRoot]) -> String {
     #[derive(serde::Serialize)]
     struct Out<'a> {
-        roots: &'a [Root],
+        roots: &'a [ListedRoot],
     }
     let mut s = serde_json::to_string_pretty(&Out { roots }).expect("roots serialise");
     s.push('\n');
@@ -689,7 +729,7 @@ mod tests {
                 link: format!("{state}/profiles/{msg}"),
                 target: store_path(store, &name(0)),
                 kind: PlanRootKind::Profile,
-                via: None,
+                via: vec![],
             }],
             expired_roots: vec![
                 expired(
@@ -706,6 +746,8 @@ mod tests {
             kept: Default::default(),
             by_reason: Default::default(),
             budget: None,
+            unreadable_processes: 0,
+            window: None,
             warnings: vec![format!("closure list {store}/{msg}: not valid {msg}")],
         }
     }

@@ -6,7 +6,10 @@
 //! budget can only have let the plan delete *less*, and apply never deletes
 //! more than the plan lists. A policy that no longer loads, or a closure
 //! list that cannot be read or names a path outside the store, is refused
-//! before anything changes.
+//! before anything changes. The rollback window and build closures
+//! (`select.dead-for`, `protect.build-closures`) are protections too: a
+//! planned path the window keeps now (its state re-read) or that a listed
+//! path's build closure holds now stays.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -41,6 +44,49 @@ pub struct Protection {
     /// Basenames named by the closure lists and `protect.paths` that were
     /// valid when apply read them.
     listed: HashSet<String>,
+    /// The plan's rollback window, its state as apply reads it now.
+    window: Option<Window>,
+}
+
+/// The rollback window at apply time: a planned path whose date in the
+/// state (re-read now) is missing or younger than `dead_for` at the plan's
+/// time stays, so a state rewritten since the plan (the path was live
+/// again) cannot let it go early.
+#[derive(Debug)]
+struct Window {
+    dead_for: i64,
+    /// The plan's `created`.
+    at: i64,
+    /// `None`: the state file is gone (everything counts as new).
+    state: Option<crate::deadsince::DeadSince>,
+}
+
+impl Window {
+    fn keeps(&self, base: &str) -> bool {
+        let hash = crate::store_path::hash_of(base);
+        match self.state.as_ref().and_then(|s| s.get(hash)) {
+            Some(t) => self.at.saturating_sub(t) < self.dead_for,
+            None => true,
+        }
+    }
+
+    /// Reads the state the plan names. Bad state is refused (exit 2)
+    /// before anything changes.
+    fn read(plan: &Plan) -> Result<Option<Window>, PolicyError> {
+        let Some(w) = &plan.window else {
+            return Ok(None);
+        };
+        let at = humantime::parse_rfc3339(&plan.created)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MIN, |d| d.as_secs() as i64);
+        let state = crate::deadsince::load(std::path::Path::new(&w.state_file), &plan.store_dir)?;
+        Ok(Some(Window {
+            dead_for: i64::try_from(w.dead_for_secs).unwrap_or(i64::MAX),
+            at,
+            state,
+        }))
+    }
 }
 
 /// Re-reads the plan's policy and its closure lists against `before` (the
@@ -74,6 +120,7 @@ pub fn reload(
     let protection = Protection {
         policy: Some(policy),
         listed,
+        window: Window::read(plan)?,
     };
     Ok((protection, changes(&plan.inputs, &now)))
 }
@@ -116,13 +163,26 @@ impl Protection {
             return Vec::new();
         };
         let names = &policy.protect.names;
-        let seeds: Vec<PathId> = (0..deletable.len() as PathId)
+        let window = |base: &str| self.window.as_ref().is_some_and(|w| w.keeps(base));
+        let mut seeds: Vec<PathId> = (0..deletable.len() as PathId)
             .filter(|&id| deletable[id as usize])
             .filter(|&id| {
                 let base = state.snap.paths.get(id);
-                self.listed.contains(base) || (!names.is_empty() && names.is_match(name_of(base)))
+                self.listed.contains(base)
+                    || (!names.is_empty() && names.is_match(name_of(base)))
+                    || window(base)
             })
             .collect();
+        if policy.protect.build_closures {
+            let listed: Vec<PathId> = (self.listed.iter())
+                .filter_map(|b| state.snap.paths.lookup(b))
+                .collect();
+            seeds.extend(
+                policy::build_closure(&state.snap, &listed)
+                    .into_iter()
+                    .filter(|&id| deletable[id as usize]),
+            );
+        }
         order::drop_kept(&state.graph, deletable, &seeds)
             .into_iter()
             .map(|id| settings.store_dir.join(state.snap.paths.get(id)))

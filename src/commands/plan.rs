@@ -1,11 +1,12 @@
 //! `storegc plan` (and `storegc demo`, which plans on a generated store):
 //! load, evaluate the policy, build the plan, print it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::cli::{DemoArgs, GlobalArgs, PlanArgs, PlanFormat, PolicyArgs};
+use crate::deadsince::{self, DeadSince};
 use crate::exit::ExitCode;
 use crate::load::{load, StoreState};
 use crate::plan::{ExpiredKind, ExpiredRoot, Plan, PlanMeta};
@@ -70,11 +71,17 @@ fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Resul
     let plan = if no_db && args.demo_if_no_store {
         None
     } else {
-        Some(make_plan(global, &settings, &policy)?)
+        Some(make_plan_with(
+            global,
+            &settings,
+            &policy,
+            args.state_file.as_deref(),
+        )?)
     };
     // An empty store (Nix installed, nothing in it) is no real store either.
-    let plan = plan.filter(|p| !args.demo_if_no_store || p.totals.paths + p.kept.total().paths > 0);
-    let Some(plan) = plan else {
+    let plan =
+        plan.filter(|(p, _)| !args.demo_if_no_store || p.totals.paths + p.kept.total().paths > 0);
+    let Some((plan, next_state)) = plan else {
         eprintln!(
             "storegc: no Nix store with paths under {}; planning on a demo store instead",
             settings.state_dir.display()
@@ -91,6 +98,10 @@ fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Resul
         return demo(global, &demo_args);
     };
     if let Some(out) = &args.out {
+        // The state first: a plan file on disk means its state was saved.
+        if let (Some(next), Some(w)) = (&next_state, &plan.window) {
+            next.save(Path::new(&w.state_file))?;
+        }
         write_plan_file(&plan, out)?;
     }
     emit(&plan, args.format)?;
@@ -118,21 +129,67 @@ pub struct Evaluated {
     pub inputs: policy::PolicyInputs,
     pub decision: policy::Decision,
     pub now: i64,
+    /// With `select.dead-for`: the state file and the state read from it
+    /// (empty when there was none).
+    pub dead_since: Option<(PathBuf, DeadSince)>,
 }
 
-/// Loads the store and evaluates the policy on it.
+/// Loads the store and evaluates the policy on it, the rollback window's
+/// state read from the default file.
 pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Evaluated> {
+    evaluate_with(global, settings, policy, None)
+}
+
+/// The rollback window's state: the file (`--state-file`, else
+/// `$NIX_STATE_DIR/storegc/dead-since`) and what it holds, or an empty
+/// state for a first run. Read only when the policy has `dead-for`.
+fn read_dead_since(
+    settings: &Settings,
+    policy: &Policy,
+    state_file: Option<&Path>,
+) -> Result<Option<(PathBuf, DeadSince, bool)>> {
+    if policy.select.dead_for.is_none() {
+        return Ok(None);
+    }
+    let file = state_file.map_or_else(
+        || deadsince::default_file(&settings.state_dir),
+        Path::to_path_buf,
+    );
+    let file = std::path::absolute(&file).unwrap_or(file);
+    let store = settings.store_dir.as_str();
+    Ok(Some(match deadsince::load(&file, store)? {
+        Some(state) => (file, state, false),
+        None => (file, DeadSince::new(store), true),
+    }))
+}
+
+/// [`evaluate`] with the rollback window's state file given.
+pub fn evaluate_with(
+    global: &GlobalArgs,
+    settings: &Settings,
+    policy: &Policy,
+    state_file: Option<&Path>,
+) -> Result<Evaluated> {
+    let dead_since = read_dead_since(settings, policy, state_file)?;
     let printer = Printer::new(global.quiet, global.verbose);
     let spinner = printer.spinner("loading");
-    let state = load(settings, &super::load_options(global))?;
+    let opts = crate::load::LoadOptions {
+        derivation_outputs: policy.protect.build_closures,
+        ..super::load_options(global)
+    };
+    let state = load(settings, &opts)?;
     spinner.set_message("evaluating");
-    let inputs = policy::gather(
+    let mut inputs = policy::gather(
         policy,
         &state.roots,
         &state.snap,
         &settings.store_dir,
         &settings.state_dir,
     )?;
+    if let Some((_, ds, missing)) = &dead_since {
+        inputs.dead_since = ds.since_by_id(&state.snap);
+        inputs.dead_since_missing = *missing;
+    }
     let space = fs_space(settings.store_dir.as_str());
     let now = super::now();
     let decision = policy::evaluate(
@@ -146,6 +203,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         space,
     );
     spinner.finish_and_clear();
+    super::warn_incomplete_roots(&state);
     for w in &decision.warnings {
         tracing::warn!("{w}");
     }
@@ -154,6 +212,7 @@ pub fn evaluate(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Re
         inputs,
         decision,
         now,
+        dead_since: dead_since.map(|(f, ds, _)| (f, ds)),
     })
 }
 
@@ -197,12 +256,27 @@ fn nothing_to_do(
 
 /// Loads the store, evaluates the policy and assembles the plan.
 pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> Result<Plan> {
+    Ok(make_plan_with(global, settings, policy, None)?.0)
+}
+
+/// [`make_plan`] with the rollback window's state file given; also returns
+/// the next dead-since state (with `dead-for`), for `plan --out` to save.
+pub fn make_plan_with(
+    global: &GlobalArgs,
+    settings: &Settings,
+    policy: &Policy,
+    state_file: Option<&Path>,
+) -> Result<(Plan, Option<DeadSince>)> {
     let Evaluated {
         state,
         inputs,
         decision,
         now,
-    } = evaluate(global, settings, policy)?;
+        dead_since,
+    } = evaluate_with(global, settings, policy, state_file)?;
+    let next = dead_since
+        .as_ref()
+        .map(|(_, ds)| ds.next(&state.snap, &decision.dead, now));
     let expired = decision
         .expired_roots
         .iter()
@@ -215,20 +289,23 @@ pub fn make_plan(global: &GlobalArgs, settings: &Settings, policy: &Policy) -> R
         gc: settings.gc,
         ca_derivations: settings.ca_derivations,
         settings_warnings: settings.warnings.clone(),
+        unreadable_processes: state.unreadable_processes.clone(),
         policy: (!policy.file.as_os_str().is_empty()).then(|| crate::plan::absolute(&policy.file)),
         inputs: policy::digest::files_read(policy, &inputs)
             .iter()
             .map(crate::plan::PlanInput::from)
             .collect(),
+        state_file: dead_since.map(|(f, _)| f.display().to_string()),
     };
     let _s = tracing::info_span!("plan").entered();
-    Ok(Plan::build(
+    let plan = Plan::build(
         &meta,
         &state.snap,
         &state.reported_roots(),
         expired,
         &decision,
-    ))
+    );
+    Ok((plan, next))
 }
 
 /// A policy's expired root as the plan records it, with what the link

@@ -24,10 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::budget;
 use super::file::{Origin, Policy};
+use super::group;
 use super::inputs::{PolicyInputs, RootFact};
 use crate::db::{origin, Snapshot};
 use crate::graph::Graph;
-use crate::paths::PathId;
+use crate::paths::{PathId, NO_PATH};
 use crate::roots::Root;
 use crate::store_path::name_of;
 
@@ -145,8 +146,14 @@ pub struct Kept {
     pub protected_paths: Tally,
     /// Then the closure of the paths matching `protect.names`.
     pub protected_names: Tally,
+    /// Then the closure of the build closures of the listed paths
+    /// (`protect.build-closures`).
+    pub build_closures: Tally,
     /// Then the closure of the paths `[select]` did not match.
     pub unselected: Tally,
+    /// Then the closure of the paths the rollback window keeps
+    /// (`select.dead-for`).
+    pub window: Tally,
     /// Deletable, but left by the budget.
     pub budget: Tally,
 }
@@ -158,7 +165,9 @@ impl Kept {
             self.closure_lists,
             self.protected_paths,
             self.protected_names,
+            self.build_closures,
             self.unselected,
+            self.window,
             self.budget,
         ] {
             t += x;
@@ -212,6 +221,17 @@ pub struct BudgetOutcome {
     pub candidates: Tally,
 }
 
+/// What the rollback window did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WindowOutcome {
+    /// `select.dead-for`, in seconds.
+    pub dead_for_secs: u64,
+    /// There was no state yet: every deletable path starts its window now.
+    pub first_run: bool,
+    /// Paths seen deletable now (what the next state records).
+    pub tracked: u64,
+}
+
 /// The policy's verdict on one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -225,6 +245,12 @@ pub struct Decision {
     pub by_reason: ByReason,
     /// `None` without a budget.
     pub budget: Option<BudgetOutcome>,
+    /// With `select.dead-for`: the paths deletable before the window,
+    /// `[select]` and the budget (not kept by a remaining root or a
+    /// protection), sorted by id; the next dead-since state records them.
+    pub dead: Vec<PathId>,
+    /// `None` without `select.dead-for`.
+    pub window: Option<WindowOutcome>,
     pub warnings: Vec<String>,
 }
 
@@ -233,7 +259,9 @@ const NIX_ROOTS: u8 = 1;
 const CLOSURE_LISTS: u8 = 2;
 const PROTECTED_PATHS: u8 = 3;
 const PROTECTED_NAMES: u8 = 4;
-const UNSELECTED: u8 = 5;
+const BUILD_CLOSURES: u8 = 5;
+const UNSELECTED: u8 = 6;
+const WINDOW: u8 = 7;
 
 /// Evaluates `policy` on a snapshot.
 ///
@@ -269,7 +297,11 @@ pub fn evaluate(
     // 1. Expired roots.
     let mut expired_gen = vec![false; roots.len()];
     let mut expired_auto = vec![false; roots.len()];
+    let newest = newest_auto_roots(roots, policy, inputs, &mut decision.warnings);
     for (i, root) in roots.iter().enumerate() {
+        if newest[i] {
+            continue;
+        }
         if let Some(why) = expiry(
             root,
             inputs.root_facts.get(i).copied().unwrap_or_default(),
@@ -322,10 +354,63 @@ pub fn evaluate(
             .collect();
         mark(graph, &mut label, &named, PROTECTED_NAMES);
     }
+    if policy.protect.build_closures {
+        let mut listed = inputs.closure_list_ids.clone();
+        listed.extend(&inputs.protected_path_ids);
+        mark(
+            graph,
+            &mut label,
+            &build_closure(snap, &listed),
+            BUILD_CLOSURES,
+        );
+    }
+    if policy.select.dead_for.is_some() {
+        decision.dead = (0..n as PathId)
+            .filter(|&id| label[id as usize] == 0)
+            .collect();
+    }
     let unselected: Vec<PathId> = (0..n as PathId)
         .filter(|&id| label[id as usize] == 0 && !selected(snap, id, policy, now))
         .collect();
     mark(graph, &mut label, &unselected, UNSELECTED);
+    if let Some(d) = policy.select.dead_for {
+        let young = |id: PathId| {
+            let since = inputs.dead_since.get(id as usize).copied().flatten();
+            now.saturating_sub(since.unwrap_or(now)) < secs(d)
+        };
+        let kept: Vec<PathId> = (decision.dead.iter().copied())
+            .filter(|&id| label[id as usize] == 0 && young(id))
+            .collect();
+        mark(graph, &mut label, &kept, WINDOW);
+        decision.window = Some(WindowOutcome {
+            dead_for_secs: d.as_secs(),
+            first_run: inputs.dead_since_missing,
+            tracked: decision.dead.len() as u64,
+        });
+        // A root whose target the window keeps stays too, so a rollback
+        // within the window still finds its generation.
+        let mut target = vec![NO_PATH; roots.len()];
+        for &(i, id) in root_ids {
+            if i < target.len() {
+                target[i] = id;
+            }
+        }
+        decision.expired_roots.retain(|e| {
+            let t = target[e.root];
+            t == NO_PATH || label[t as usize] != WINDOW
+        });
+        for flags in [&mut expired_gen, &mut expired_auto] {
+            for f in flags.iter_mut() {
+                *f = false;
+            }
+        }
+        for e in &decision.expired_roots {
+            match e.why {
+                Expiry::Generation { .. } => expired_gen[e.root] = true,
+                Expiry::AutoRoot { .. } => expired_auto[e.root] = true,
+            }
+        }
+    }
 
     let in_set: Vec<bool> = label.iter().map(|&l| l == 0).collect();
     let candidates: Vec<PathId> = (0..n as PathId).filter(|&id| in_set[id as usize]).collect();
@@ -430,12 +515,84 @@ pub fn evaluate(
             CLOSURE_LISTS => k.closure_lists.add(size),
             PROTECTED_PATHS => k.protected_paths.add(size),
             PROTECTED_NAMES => k.protected_names.add(size),
+            BUILD_CLOSURES => k.build_closures.add(size),
             UNSELECTED => k.unselected.add(size),
+            WINDOW => k.window.add(size),
             _ if !deleted[id] => k.budget.add(size),
             _ => {}
         }
     }
     decision
+}
+
+/// Per root, whether `[auto-roots] keep-newest` keeps it: among the
+/// newest links of its group (see [`super::group`]). A warning names each
+/// link the group-by pattern does not match. O(r log r).
+fn newest_auto_roots(
+    roots: &[Root],
+    policy: &Policy,
+    inputs: &PolicyInputs,
+    warnings: &mut Vec<String>,
+) -> Vec<bool> {
+    let Some(rule) = policy.auto_roots.as_ref() else {
+        return vec![false; roots.len()];
+    };
+    let Some(keep) = rule.keep_newest else {
+        return vec![false; roots.len()];
+    };
+    let candidates: Vec<(usize, &str, i64)> = roots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match inputs.root_facts.get(i) {
+            Some(RootFact::AutoRoot { mtime: Some(m) }) if rule.match_.is_match(&r.link) => {
+                Some((i, r.link.as_str(), *m))
+            }
+            _ => None,
+        })
+        .collect();
+    let (kept, unmatched) = group::newest_per_group(&candidates, &rule.group_by, keep, roots.len());
+    for link in unmatched {
+        warnings.push(format!(
+            "{link}: auto-roots.group-by \"{}\" does not match this link; it is a group of its own (kept by keep-newest)",
+            rule.group_by.as_str()
+        ));
+    }
+    kept
+}
+
+/// The build closures of `toplevels`: each one's valid deriver, that
+/// `.drv`'s closure over references (input derivations, sources, the
+/// builder), and the valid outputs (`DerivationOutputs`) of every `.drv`
+/// in it, sorted. What the next build of the same configuration needs
+/// without rebuilding or fetching. O(n + e + o) for o output rows.
+pub fn build_closure(snap: &Snapshot, toplevels: &[PathId]) -> Vec<PathId> {
+    let n = snap.len();
+    let mut seen = vec![false; n];
+    let mut stack = Vec::new();
+    for &t in toplevels {
+        let d = snap.deriver.get(t as usize).copied().unwrap_or(NO_PATH);
+        if d != NO_PATH && !seen[d as usize] {
+            seen[d as usize] = true;
+            stack.push(d);
+        }
+    }
+    while let Some(u) = stack.pop() {
+        for &v in snap.references(u) {
+            if !seen[v as usize] {
+                seen[v as usize] = true;
+                stack.push(v);
+            }
+        }
+    }
+    let mut out: Vec<PathId> = (0..n as PathId).filter(|&id| seen[id as usize]).collect();
+    out.extend(
+        (snap.drv_outputs.iter())
+            .filter(|&&(drv, _)| seen[drv as usize])
+            .map(|&(_, o)| o),
+    );
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Whether the policy expires `root`, and why. O(log g) for a generation's
@@ -895,6 +1052,8 @@ mod tests {
             auto_roots: Some(AutoRoots {
                 older_than: days(14),
                 match_: globs(&["*/result", "*/result-*"]),
+                keep_newest: None,
+                group_by: crate::policy::GroupBy::Folder,
             }),
             ..Policy::default()
         }
@@ -1257,6 +1416,212 @@ mod tests {
         assert!(d.expired_roots.is_empty());
     }
 
+    /// Evaluates `f` at `now` with a dead-since state, returning the
+    /// decision and the next state (what `plan --out` saves).
+    fn window_day(
+        f: &Fixture,
+        policy: &Policy,
+        state: Option<&crate::deadsince::DeadSince>,
+        now: i64,
+    ) -> (Decision, crate::deadsince::DeadSince) {
+        let snap = Snapshot::from_rows(f.rows.clone(), &f.refs, vec![]);
+        let graph = Graph::build(&snap, GcSettings::default());
+        let empty = crate::deadsince::DeadSince::new("/nix/store");
+        let mut inputs = f.inputs.clone();
+        inputs.dead_since = state.unwrap_or(&empty).since_by_id(&snap);
+        inputs.dead_since_missing = state.is_none();
+        let d = evaluate(
+            &snap,
+            &graph,
+            &f.roots,
+            &f.root_ids,
+            policy,
+            &inputs,
+            now,
+            None,
+        );
+        let next = state.unwrap_or(&empty).next(&snap, &d.dead, now);
+        (d, next)
+    }
+
+    /// The issue's simulated days: a path dead on days 1-6, live on day 7
+    /// (a root holds it), dead again from day 8 goes only on day 15 under
+    /// `dead-for = "7d"`; the first run deletes nothing by the rule.
+    #[test]
+    fn rollback_window_over_simulated_days() {
+        let mut dead = Fixture::default();
+        let x = dead.old("x");
+        let dep = dead.old("dep");
+        dead.refer(x, dep);
+        let mut live = Fixture {
+            rows: dead.rows.clone(),
+            refs: dead.refs.clone(),
+            ..Fixture::default()
+        };
+        live.gcroot(x);
+        let mut policy = Policy::default();
+        policy.select.dead_for = Some(days(7));
+        let mut state = None;
+        let mut gone_on = Vec::new();
+        for day in 1..=16i64 {
+            let now = NOW + day * DAY;
+            let f = if day == 7 { &live } else { &dead };
+            let (d, next) = window_day(f, &policy, state.as_ref(), now);
+            let w = d.window.expect("window outcome");
+            assert_eq!(w.first_run, day == 1, "day {day}");
+            assert_eq!(w.dead_for_secs, 7 * DAY as u64);
+            let kept_by_window = d.kept.window.paths;
+            if d.delete.is_empty() {
+                if day != 7 {
+                    assert_eq!(kept_by_window, 2, "day {day}: the window keeps x and dep");
+                }
+            } else {
+                assert_eq!(d.delete, vec![x, dep], "day {day}");
+                assert_eq!(kept_by_window, 0);
+                gone_on.push(day);
+            }
+            if day == 7 {
+                assert!(d.dead.is_empty(), "live on day 7");
+                assert_eq!(next.len(), 0, "live again: the dates go");
+            }
+            state = Some(next);
+        }
+        // Day 15 is 7 days after day 8; on day 16 (no apply ran) it is
+        // still deletable.
+        assert_eq!(gone_on, vec![15, 16]);
+    }
+
+    /// The window keeps the closure of what it keeps, and a root whose
+    /// target it keeps is not expired (a rollback still finds it).
+    #[test]
+    fn rollback_window_keeps_closures_and_the_roots_of_what_it_keeps() {
+        let mut f = five_generations();
+        let lib2 = f.old("lib2");
+        let sys1 = f.root_ids[0].1;
+        f.refer(sys1, lib2);
+        let mut p = generations_policy(Some(0), None);
+        p.select.dead_for = Some(days(7));
+        let (d, state) = window_day(&f, &p, None, NOW);
+        assert!(d.delete.is_empty());
+        assert!(d.expired_roots.is_empty(), "{:?}", d.expired_roots);
+        // sys-1, sys-2, sys-4, sys-5 and lib2 are dead (expired generations);
+        // lib is held by the current generation.
+        assert_eq!(d.dead.len(), 5);
+        assert_eq!(d.kept.window, Tally { paths: 5, bytes: 5 });
+        let (d, _) = window_day(&f, &p, Some(&state), NOW + 7 * DAY);
+        assert_eq!(f.deleted(&generations_policy(Some(0), None)).len(), 5);
+        assert_eq!(d.delete.len(), 5);
+        assert_eq!(d.expired_roots.len(), 4);
+        assert!(d.reasons.iter().all(|&r| r == Reason::ExpiredGeneration));
+    }
+
+    /// The N newest auto roots of each group stay whatever their age.
+    #[test]
+    fn keep_newest_per_group_of_auto_roots() {
+        let mut f = Fixture::default();
+        // (link, age in days): repo a has four results, repo b one.
+        let links = [
+            ("/ci/a/1/result", 40),
+            ("/ci/a/2/result", 30),
+            ("/ci/a/3/result", 20),
+            ("/ci/a/4/result", 2),
+            ("/ci/b/1/result", 50),
+        ];
+        for (i, (link, age)) in links.iter().enumerate() {
+            let out = f.old(&format!("out-{i}"));
+            let via = format!("/nix/var/nix/gcroots/auto/{i}");
+            let fact = RootFact::AutoRoot {
+                mtime: Some(NOW - age * DAY),
+            };
+            f.root(out, link, RootKind::Indirect, Some(&via), fact);
+        }
+        let rule = |keep: Option<u32>, group_by: &str| Policy {
+            auto_roots: Some(AutoRoots {
+                older_than: days(14),
+                match_: globs(&["*/result"]),
+                keep_newest: keep,
+                group_by: crate::policy::GroupBy::parse(group_by).unwrap(),
+            }),
+            ..Policy::default()
+        };
+        assert_eq!(
+            f.deleted(&rule(None, "folder")),
+            vec!["out-0", "out-1", "out-2", "out-4"]
+        );
+        // By folder every link is its own group: all stay.
+        assert!(f.deleted(&rule(Some(1), "folder")).is_empty());
+        // By repository: a keeps results 4 and 3, b keeps its only one.
+        assert_eq!(
+            f.deleted(&rule(Some(2), "/ci/(*)/**")),
+            vec!["out-0", "out-1"]
+        );
+        let (_, d) = f.run(&rule(Some(0), "/ci/(*)/**"), None);
+        assert_eq!(d.expired_roots.len(), 4);
+        // A link the pattern does not match is its own group, with a warning.
+        let (_, d) = f.run(&rule(Some(1), "/ci/(a)/*/result"), None);
+        assert_eq!(d.expired_roots.len(), 3, "{:?}", d.expired_roots);
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].starts_with("/ci/b/1/result: "));
+    }
+
+    /// `build-closures`: the listed toplevel's deriver, the `.drv`'s
+    /// closure and the valid outputs of every `.drv` in it stay, with
+    /// their closures; outputs of unrelated derivations do not.
+    #[test]
+    fn build_closures_keep_what_the_next_build_needs() {
+        let mut f = Fixture::default();
+        let src = f.old("src");
+        let dep_drv = f.old("dep.drv");
+        let dep = f.old("dep");
+        let dep_lib = f.old("dep-lib");
+        let top_drv = f.old("top.drv");
+        let top = f.old("top");
+        let other_drv = f.old("other.drv");
+        let other = f.old("other");
+        f.refer(dep_drv, src);
+        f.refer(dep, dep_lib);
+        f.refer(top_drv, dep_drv);
+        f.derived_from(top, top_drv);
+        f.derived_from(dep, dep_drv);
+        f.derived_from(other, other_drv);
+        f.inputs.closure_list_ids = vec![top];
+        let outputs = vec![(dep_drv, dep), (top_drv, top), (other_drv, other)];
+        let snap = Snapshot::from_rows(f.rows.clone(), &f.refs, outputs);
+        assert_eq!(
+            build_closure(&snap, &[top]),
+            vec![src, dep_drv, dep, top_drv, top]
+        );
+        let graph = Graph::build(
+            &snap,
+            GcSettings {
+                keep_outputs: false,
+                keep_derivations: false,
+            },
+        );
+        let mut p = Policy::default();
+        let run = |p: &Policy| {
+            evaluate(
+                &snap,
+                &graph,
+                &f.roots,
+                &f.root_ids,
+                p,
+                &f.inputs,
+                NOW,
+                None,
+            )
+        };
+        assert_eq!(
+            run(&p).delete,
+            vec![src, dep_drv, dep, dep_lib, top_drv, other_drv, other]
+        );
+        p.protect.build_closures = true;
+        let d = run(&p);
+        assert_eq!(d.delete, vec![other_drv, other]);
+        assert_eq!(d.kept.build_closures, Tally { paths: 5, bytes: 5 });
+        assert_eq!(d.kept.closure_lists, Tally { paths: 1, bytes: 1 });
+    }
+
     // Property tests on random graphs and random policies.
 
     const NAMES: [&str; 4] = ["a", "b-source", "c.drv", "d-ci"];
@@ -1434,6 +1799,7 @@ mod tests {
                 older_than: c.older_than.map(days),
                 names: c.names.as_deref().map(pick),
                 exclude_names: pick(&c.exclude),
+                dead_for: None,
             },
             generations: vec![Generations {
                 profile: Located::new(PROFILE.into()),
@@ -1443,6 +1809,8 @@ mod tests {
             auto_roots: c.auto_older_than.map(|d| AutoRoots {
                 older_than: days(d),
                 match_: globs(&["*/result"]),
+                keep_newest: None,
+                group_by: crate::policy::GroupBy::Folder,
             }),
             budget: Budget {
                 order: if c.order {

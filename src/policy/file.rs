@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::budget::Amount;
+use super::group::GroupBy;
 use super::units::{format_duration, parse_duration};
 use super::PolicyError;
 use crate::store_path::parse_basename;
@@ -75,6 +76,9 @@ pub struct Protect {
     pub paths: Vec<Located<String>>,
     /// Globs on the name part of every valid path.
     pub names: Globs,
+    /// Also keep, for every listed path (closure lists and `paths`), its
+    /// deriver's closure and the valid outputs of every `.drv` in it.
+    pub build_closures: bool,
 }
 
 /// `[select]`: which unrooted paths may be deleted; every condition given
@@ -88,6 +92,9 @@ pub struct Select {
     pub names: Option<Globs>,
     /// Name globs a path must not match.
     pub exclude_names: Globs,
+    /// The rollback window: only paths seen deletable for at least this
+    /// long without a break (see [`crate::deadsince`]).
+    pub dead_for: Option<Duration>,
 }
 
 /// `[[generations]]`: expiry of one profile's old generations.
@@ -110,6 +117,10 @@ pub struct AutoRoots {
     pub older_than: Duration,
     /// Globs on the outer link's whole path; `*` crosses `/`.
     pub match_: Globs,
+    /// The newest N links of each group never expire.
+    pub keep_newest: Option<u32>,
+    /// How links are grouped for `keep_newest` (default: their folder).
+    pub group_by: GroupBy,
 }
 
 /// `[budget]`: how much of the delete set to take.
@@ -327,6 +338,9 @@ impl Policy {
                     quoted(&p.names)
                 ));
             }
+            if p.build_closures {
+                line("  - for every listed path, its deriver's closure and the valid outputs of every .drv in it (what the next build needs)".into());
+            }
         }
 
         let sel = &self.select;
@@ -397,6 +411,23 @@ impl Policy {
                 quoted(&a.match_),
                 format_duration(a.older_than)
             ));
+            if let Some(n) = a.keep_newest {
+                let group = match &a.group_by {
+                    GroupBy::Folder => "the link's folder".to_string(),
+                    GroupBy::Pattern(_) => {
+                        format!("what the ( ) of \"{}\" capture", a.group_by.as_str())
+                    }
+                };
+                line(format!(
+                    "  The {n} newest links of each group (by {group}) stay whatever their age."
+                ));
+            }
+        }
+        if let Some(d) = self.select.dead_for {
+            line(format!(
+                "- Rollback window: a path goes only once storegc has seen it deletable for {} without a break (state kept by plan --out and apply).",
+                format_duration(d)
+            ));
         }
 
         let b = &self.budget;
@@ -461,6 +492,7 @@ struct RawProtect {
     paths: Vec<Spanned<String>>,
     #[serde(default)]
     names: Vec<Spanned<String>>,
+    build_closures: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -468,6 +500,7 @@ struct RawProtect {
 struct RawSelect {
     origin: Option<Spanned<String>>,
     older_than: Option<Spanned<toml::Value>>,
+    dead_for: Option<Spanned<toml::Value>>,
     names: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     exclude_names: Vec<Spanned<String>>,
@@ -487,6 +520,8 @@ struct RawAutoRoots {
     older_than: Spanned<toml::Value>,
     #[serde(rename = "match")]
     match_: Vec<Spanned<String>>,
+    keep_newest: Option<Spanned<i64>>,
+    group_by: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -558,6 +593,7 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
             });
         }
         policy.protect.names = cx.globs(&p.names, "protect.names")?;
+        policy.protect.build_closures = p.build_closures.unwrap_or(false);
     }
 
     if let Some(s) = raw.select {
@@ -569,6 +605,9 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
         }
         if let Some(d) = s.older_than {
             policy.select.older_than = Some(cx.duration(&d, "select.older-than")?);
+        }
+        if let Some(d) = s.dead_for {
+            policy.select.dead_for = Some(cx.duration(&d, "select.dead-for")?);
         }
         if let Some(n) = s.names {
             policy.select.names = Some(cx.globs(&n, "select.names")?);
@@ -627,9 +666,33 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     }
 
     if let Some(a) = raw.auto_roots {
+        let keep_newest = match &a.keep_newest {
+            Some(n) => Some(u32::try_from(*n.get_ref()).map_err(|_| {
+                cx.err(
+                    n.span(),
+                    "auto-roots.keep-newest",
+                    format!("{} is not a number of links (0 or more)", n.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let group_by = match &a.group_by {
+            Some(g) if keep_newest.is_none() => {
+                return Err(cx.err(
+                    g.span(),
+                    "auto-roots.group-by",
+                    "group-by without keep-newest groups nothing",
+                ))
+            }
+            Some(g) => GroupBy::parse(g.get_ref())
+                .map_err(|m| cx.err(g.span(), "auto-roots.group-by", m))?,
+            None => GroupBy::Folder,
+        };
         policy.auto_roots = Some(AutoRoots {
             older_than: cx.duration(&a.older_than, "auto-roots.older-than")?,
             match_: cx.globs(&a.match_, "auto-roots.match")?,
+            keep_newest,
+            group_by,
         });
     }
 
@@ -1109,6 +1172,14 @@ order = "largest-first"
         );
         assert_eq!(cache.generations[0].keep_newest, Some(5));
         assert_eq!(cache.protect.closure_lists.len(), 1);
+        assert_eq!(cache.select.dead_for, Some(Duration::from_secs(7 * 86400)));
+        let ci = cache.auto_roots.as_ref().unwrap();
+        assert_eq!(ci.keep_newest, Some(3));
+        assert_eq!(
+            ci.group_by
+                .key("/var/lib/gitea-runner/native/fleet/nixos/job-9/result"),
+            Some("fleet\u{0}nixos".to_string())
+        );
         let low = load_policy(&dir.join("low-disk.toml")).unwrap();
         assert_eq!(low.budget.order, Order::LargestFirst);
         assert!(low.budget.until_free.is_some());

@@ -36,6 +36,12 @@ pub struct PolicyInputs {
     pub root_facts: Vec<RootFact>,
     /// The closure lists read, in policy order, with their digests.
     pub files: Vec<InputFile>,
+    /// With `select.dead-for`: per id, since when the path has been seen
+    /// deletable (from the dead-since state; `None`: not before). Filled
+    /// by the command layer, which reads the state file.
+    pub dead_since: Vec<Option<i64>>,
+    /// There was no state file: the rollback window's first run.
+    pub dead_since_missing: bool,
     pub warnings: Vec<String>,
 }
 

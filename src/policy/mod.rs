@@ -23,6 +23,7 @@ pub mod budget;
 pub mod digest;
 pub mod eval;
 pub mod file;
+pub mod group;
 pub mod inputs;
 pub mod reference;
 pub mod units;
@@ -33,12 +34,14 @@ use std::path::PathBuf;
 pub use budget::{Amount, Space};
 pub use digest::{InputFile, InputKind};
 pub use eval::{
-    evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason, Tally,
+    build_closure, evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason,
+    Tally, WindowOutcome,
 };
 pub use file::{
     load_policy, parse_policy, AutoRoots, Budget, Generations, Globs, Located, Order, Origin,
     Overrides, Policy, Protect, Select,
 };
+pub use group::GroupBy;
 pub use inputs::{gather, PolicyInputs, ProfileFacts, RootFact};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
@@ -68,6 +71,10 @@ pub enum PolicyError {
         path: PathBuf,
         io: std::io::Error,
     },
+    /// The rollback window's state file is unreadable, corrupt or from
+    /// another store.
+    #[error(transparent)]
+    DeadSince(#[from] crate::deadsince::DeadSinceError),
 }
 
 impl PolicyError {

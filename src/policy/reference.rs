@@ -36,6 +36,11 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "Paths whose name (the part after the hash) matches are kept with their closures.",
     },
     KeyDoc {
+        key: "protect.build-closures",
+        value: "boolean (default false)",
+        meaning: "Also keep, for every path of the closure lists and protect.paths, its deriver's closure (input derivations, sources) and the valid outputs of every .drv in it, with their closures: what the next build of the same configuration needs without rebuilding or fetching. Counted as kept by build closures.",
+    },
+    KeyDoc {
         key: "select.origin",
         value: "\"any\", \"local\" or \"substituted\"",
         meaning: "Which unrooted paths may go: built here (ultimate, no signatures), fetched from a cache (signed), or any.",
@@ -44,6 +49,11 @@ pub const KEYS: &[KeyDoc] = &[
         key: "select.older-than",
         value: "duration (\"14d\", \"2h 30m\")",
         meaning: "Only paths registered at least this long ago may go.",
+    },
+    KeyDoc {
+        key: "select.dead-for",
+        value: "duration",
+        meaning: "The rollback window: a path goes only once storegc has seen it deletable (no remaining root or protection keeps it) for at least this long without a break. The dates are kept in $NIX_STATE_DIR/storegc/dead-since (plan --state-file), written by plan --out and apply, never by a plain plan; a path that is live again loses its date. Without a state file nothing goes by this rule (first run). A corrupt or foreign state file stops plan and apply (exit 2). A root whose target the window keeps is not expired.",
     },
     KeyDoc {
         key: "select.names",
@@ -79,6 +89,16 @@ pub const KEYS: &[KeyDoc] = &[
         key: "auto-roots.match",
         value: "array of globs",
         meaning: "Only auto roots whose link path matches expire (\"*/result\", \"/var/lib/gitea-runner/*/result-*\").",
+    },
+    KeyDoc {
+        key: "auto-roots.keep-newest",
+        value: "integer, 0 or more",
+        meaning: "The N newest (by link mtime) matching links of each group never expire, whatever their age.",
+    },
+    KeyDoc {
+        key: "auto-roots.group-by",
+        value: "\"folder\" (default) or a pattern with ( ) captures",
+        meaning: "How keep-newest groups links: by the link's folder, or by what the ( ) parts of a pattern on the whole link path match (\"/var/lib/gitea-runner/*/(*)/(*)/**\": owner and repository). In a pattern * and ? stay within one path component and ** crosses /. A link the pattern does not match is a group of its own (a plan warning says so). Needs keep-newest.",
     },
     KeyDoc {
         key: "budget.max-freed",
@@ -134,9 +154,11 @@ pub const EXAMPLE: &str = r#"description = "binary cache + native CI runner"
 closure-lists = ["/var/lib/storegc/nixos-configurations.txt"]
 paths = []
 names = ["*-source"]
+build-closures = true
 [select]
 origin = "local"
 older-than = "14d"
+dead-for = "7d"
 names = ["*"]
 exclude-names = ["*.drv"]
 [[generations]]
@@ -146,6 +168,8 @@ keep-since = "30d"
 [auto-roots]
 older-than = "14d"
 match = ["*/result", "*/result-*"]
+keep-newest = 3
+group-by = "/var/lib/gitea-runner/*/(*)/(*)/**"
 [budget]
 max-freed = "100GiB"
 until-free = "15%"

@@ -10,14 +10,21 @@
 //!    then `ValidPaths`; foreign keys on, so a path still referenced by a
 //!    valid path fails the whole chunk and nothing is committed); only
 //!    after the commit remove their files, in parallel;
-//! 4. at the end one pass over `.links` ([`files::sweep_links`]).
+//! 4. at the end, unless stopped, one pass over the store folder removing
+//!    entries without a database row that nothing holds ([`orphans`]: what
+//!    a crash between a commit and its files leaves), then one pass over
+//!    `.links` ([`files::sweep_links`]).
 //!
 //! Rows before files, always: a valid path never lacks its files, also
 //! after a SIGKILL.
 
+mod backend;
 pub mod files;
+pub mod orphans;
+pub mod pause;
 pub mod protocol;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +51,18 @@ pub struct Engine {
     store_dir: String,
     server: protocol::Server,
     _lock: protocol::GcLock,
+    /// `--vacuum`: [`Engine::vacuum`] after the last chunk.
+    pub vacuum_at_end: bool,
+}
+
+/// What `--vacuum` found and did (database pages, in bytes).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Vacuum {
+    /// Whether it ran: only when at least a quarter of the pages are free.
+    pub done: bool,
+    pub bytes_before: u64,
+    pub free_bytes_before: u64,
+    pub bytes_after: u64,
 }
 
 /// How one chunk ended. Ids are the snapshot's.
@@ -71,6 +90,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let lock = protocol::take_gc_lock(&settings.state_dir, lock_timeout)?;
         let server = protocol::serve(&settings.state_dir, settings.store_dir.as_str())?;
+        pause::at("socket");
         let db = crate::db::db_path(&settings.state_dir);
         let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
         Ok(Engine {
@@ -79,6 +99,7 @@ impl Engine {
             store_dir: settings.store_dir.as_str().to_string(),
             server,
             _lock: lock,
+            vacuum_at_end: false,
         })
     }
 
@@ -102,10 +123,7 @@ impl Engine {
             out.failed = Some((todo, format!("{}: {e}", self.db.display())));
             return out;
         }
-        let removed: Vec<std::io::Result<u64>> = paths
-            .par_iter()
-            .map(|p| files::remove_tree(Path::new(p)))
-            .collect();
+        let removed = remove_files(&paths);
         self.server.roots.finish_pending();
         for (&id, r) in todo.iter().zip(removed) {
             match r {
@@ -145,10 +163,73 @@ impl Engine {
         todo
     }
 
+    /// Step 4: store entries without a row that nothing holds; `state`
+    /// gives the roots found with the server up.
+    pub fn sweep_orphans(
+        &self,
+        state: &crate::load::StoreState,
+    ) -> std::io::Result<orphans::Swept> {
+        let root_hashes: HashSet<String> = state
+            .roots
+            .iter()
+            .filter_map(|r| r.target.rsplit('/').next())
+            .map(|b| crate::store_path::hash_of(b).to_string())
+            .collect();
+        let known_valid = |name: &str| state.snap.paths.lookup(name).is_some();
+        orphans::sweep(&orphans::Guards {
+            conn: &self.conn,
+            store_dir: &self.store_dir,
+            root_hashes: &root_hashes,
+            known_valid: &known_valid,
+            temp_roots: &self.server.roots,
+        })
+    }
+
+    /// `--vacuum`: rebuilds the database file when at least a quarter of
+    /// its pages are free, still under the GC lock. Not by default: in WAL
+    /// mode the rebuilt database passes through the WAL, which grows as big
+    /// as the database and stays so while any reader holds a snapshot.
+    pub fn vacuum(&self) -> rusqlite::Result<Vacuum> {
+        let pages = |c: &Connection| -> rusqlite::Result<(u64, u64, u64)> {
+            let get = |p: &str| c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
+            Ok((
+                get("page_count")? as u64,
+                get("freelist_count")? as u64,
+                get("page_size")? as u64,
+            ))
+        };
+        let (count, free, size) = pages(&self.conn)?;
+        let mut out = Vacuum {
+            done: false,
+            bytes_before: count * size,
+            free_bytes_before: free * size,
+            bytes_after: count * size,
+        };
+        if free.saturating_mul(4) >= count && count > 0 && free > 0 {
+            self.conn.execute_batch("VACUUM")?;
+            let (count, _, size) = pages(&self.conn)?;
+            out.done = true;
+            out.bytes_after = count * size;
+        }
+        Ok(out)
+    }
+
     /// Step 4: the `.links` pass; bytes freed.
     pub fn sweep_links(&self) -> std::io::Result<u64> {
         files::sweep_links(Path::new(&self.store_dir))
     }
+}
+
+/// A committed chunk's files: the first path's alone (the test hook's
+/// `files` point comes after it), the rest in parallel.
+fn remove_files(paths: &[String]) -> Vec<std::io::Result<u64>> {
+    let Some((first, rest)) = paths.split_first() else {
+        return Vec::new();
+    };
+    let mut out = vec![files::remove_tree(Path::new(first))];
+    pause::at("files");
+    out.par_extend(rest.par_iter().map(|p| files::remove_tree(Path::new(p))));
+    out
 }
 
 fn open_writable(db: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
@@ -185,6 +266,7 @@ fn delete_rows(conn: &mut Connection, paths: &[String]) -> rusqlite::Result<()> 
             valid.execute([id])?;
         }
     }
+    pause::at("transaction");
     tx.commit()
 }
 
@@ -211,6 +293,44 @@ mod tests {
     fn count(c: &Connection) -> i64 {
         c.query_row("SELECT count(*) FROM ValidPaths", [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn vacuum_only_runs_when_a_quarter_of_the_pages_are_free() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("var");
+        std::fs::create_dir_all(state.join("db")).unwrap();
+        let db = crate::db::db_path(&state);
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO ValidPaths (path) SELECT printf('/s/%064d', i) FROM n;",
+        )
+        .unwrap();
+        let settings = crate::settings::Settings {
+            store_dir: crate::store_path::StoreDir::new(t.path().join("store").to_str().unwrap()),
+            state_dir: state.clone(),
+            gc: Default::default(),
+            conf_files: vec![],
+            ca_derivations: false,
+            warnings: vec![],
+        };
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let e = Engine::start(&settings, Duration::ZERO, Duration::from_secs(1)).unwrap();
+        let v = e.vacuum().unwrap();
+        assert!(!v.done && v.free_bytes_before == 0, "{v:?}");
+        c.execute_batch("DELETE FROM ValidPaths WHERE id > 5000")
+            .unwrap();
+        let v = e.vacuum().unwrap();
+        assert!(v.done, "{v:?}");
+        assert!(v.bytes_after * 2 < v.bytes_before, "{v:?}");
+        // A tenth free: not worth a WAL as big as the database.
+        c.execute_batch("DELETE FROM ValidPaths WHERE id > 4500")
+            .unwrap();
+        let v = e.vacuum().unwrap();
+        assert!(!v.done && v.free_bytes_before > 0, "{v:?}");
+        assert_eq!(v.bytes_after, v.bytes_before);
     }
 
     #[test]

@@ -198,6 +198,14 @@ const BUDGET_LIMIT: Desc = desc(
     "storegc_budget_limit_bytes",
     "The bytes the budget allowed this run (0 when until-free was met).",
 );
+const WINDOW_TRACKED: Desc = desc(
+    "storegc_rollback_window_tracked_paths",
+    "Deletable paths the rollback window (select.dead-for) has a date for.",
+);
+const WINDOW_FIRST_RUN: Desc = desc(
+    "storegc_rollback_window_first_run",
+    "1 if the rollback window had no state yet, so nothing went by it this run.",
+);
 const DELETED: (Desc, Desc) = (
     desc(
         "storegc_deleted_paths",
@@ -264,15 +272,15 @@ fn planned(m: &mut Metrics, p: &Plan) {
         m.tally(PLANNED, ("reason", reason), t);
     }
     let k = &p.kept;
-    // The rollback window's kept bytes (issue 14 item 1) become one more
-    // row here, ("rollback-window", k.rollback_window), once the plan
-    // counts them.
+    // A new protection in the plan is one more row here.
     for (protection, t) in [
         ("nix-roots", k.nix_roots),
         ("closure-lists", k.closure_lists),
         ("protected-paths", k.protected_paths),
         ("protected-names", k.protected_names),
+        ("build-closures", k.build_closures),
         ("unselected", k.unselected),
+        ("rollback-window", k.window),
         ("budget", k.budget),
     ] {
         m.tally(KEPT, ("protection", protection), t);
@@ -289,6 +297,10 @@ fn planned(m: &mut Metrics, p: &Plan) {
     m.gauge(WARNINGS, &[], p.warnings.len());
     if let Some(budget) = &p.budget {
         m.gauge(BUDGET_LIMIT, &[], budget.limit);
+    }
+    if let Some(w) = &p.window {
+        m.gauge(WINDOW_TRACKED, &[], w.tracked_paths);
+        m.gauge(WINDOW_FIRST_RUN, &[], u8::from(w.first_run));
     }
 }
 

@@ -99,11 +99,7 @@ fn store_on_tmpfs(test: &str) -> Option<(NixStore, Tmpfs, Vec<String>)> {
 }
 
 fn storegc(store: &NixStore, args: &[&str]) -> Output {
-    store
-        .command(storegc_bin())
-        .args(args)
-        .output()
-        .expect("running storegc")
+    store.storegc(args).output().expect("running storegc")
 }
 
 fn json_plan(store: &NixStore, args: &[&str]) -> serde_json::Value {

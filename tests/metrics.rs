@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
-use common::{nix_available, storegc_bin, NixStore};
+use common::{nix_available, NixStore};
 
 /// (metric name, labels sorted) -> value.
 type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
@@ -198,11 +198,7 @@ fn the_exposition_checker_refuses_what_the_collector_refuses() {
 }
 
 fn storegc(store: &NixStore, args: &[&str]) -> Output {
-    store
-        .command(storegc_bin())
-        .args(args)
-        .output()
-        .expect("running storegc")
+    store.storegc(args).output().expect("running storegc")
 }
 
 fn metrics(file: &Path) -> Samples {
@@ -223,11 +219,11 @@ fn value(s: &Samples, name: &str, command: &str, policy: &str, extra: &[(&str, &
         .unwrap_or_else(|| panic!("no {name}{labels:?} in {s:#?}"))
 }
 
+/// Paths and bytes of a tally in the JSON plan; an absent one (the plan
+/// leaves out empty `build_closures` and `window`) is zero.
 fn tally(v: &serde_json::Value) -> (f64, f64) {
-    (
-        v["paths"].as_u64().unwrap() as f64,
-        v["bytes"].as_u64().unwrap() as f64,
-    )
+    let n = |k: &str| v.get(k).map_or(0.0, |x| x.as_u64().unwrap() as f64);
+    (n("paths"), n("bytes"))
 }
 
 #[test]
@@ -300,7 +296,9 @@ fn plan_and_apply_metrics_are_prometheus_text_with_the_plans_values() {
         ("closure-lists", "closure_lists"),
         ("protected-paths", "protected_paths"),
         ("protected-names", "protected_names"),
+        ("build-closures", "build_closures"),
         ("unselected", "unselected"),
+        ("rollback-window", "window"),
         ("budget", "budget"),
     ] {
         let (paths, bytes) = tally(&plan["kept"][key]);
@@ -337,6 +335,49 @@ fn plan_and_apply_metrics_are_prometheus_text_with_the_plans_values() {
     );
     // Only the .prom file is left in the folder (the temp file was renamed).
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    // A rollback window on its first run keeps every unrooted path, and
+    // the metrics say how much.
+    let window_policy = store.root().join("window.toml");
+    std::fs::write(&window_policy, "[select]\ndead-for = \"7d\"\n").unwrap();
+    let window_label = window_policy.display().to_string();
+    let window_prom = dir.join("storegc-window-plan.prom");
+    let out = storegc(
+        &store,
+        &[
+            "plan",
+            "--policy",
+            window_policy.to_str().unwrap(),
+            "--format",
+            "json",
+            "--metrics",
+            window_prom.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wplan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = metrics(&window_prom);
+    let w = |name: &str, extra: &[(&str, &str)]| value(&m, name, "plan", &window_label, extra);
+    let (paths, bytes) = tally(&wplan["kept"]["window"]);
+    assert_eq!(paths, 3.0, "{wplan}");
+    assert_eq!(
+        w("storegc_kept_paths", &[("protection", "rollback-window")]),
+        paths
+    );
+    assert_eq!(
+        w("storegc_kept_bytes", &[("protection", "rollback-window")]),
+        bytes
+    );
+    assert_eq!(w("storegc_rollback_window_first_run", &[]), 1.0);
+    assert_eq!(
+        w("storegc_rollback_window_tracked_paths", &[]),
+        wplan["window"]["tracked_paths"].as_f64().unwrap()
+    );
+    std::fs::remove_file(&window_prom).unwrap();
 
     // apply: what it deleted, per the plan's reason, is the report's.
     let apply_prom = dir.join("storegc-apply.prom");
@@ -446,9 +487,13 @@ fn plan_and_apply_metrics_are_prometheus_text_with_the_plans_values() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("storegc: /nonexistent/storegc.prom: cannot write metrics ("),
+        stderr
+            .lines()
+            .any(|l| l.starts_with("storegc: /nonexistent/storegc.prom: cannot write metrics (")),
         "{stderr}"
     );
+    // Without a policy the x-source path is deletable too: apply deletes
+    // it, then cannot write its metrics.
     let out = storegc(&store, &["plan", "--out", plan_file.to_str().unwrap()]);
     assert!(out.status.success());
     let out = storegc(
@@ -461,7 +506,8 @@ fn plan_and_apply_metrics_are_prometheus_text_with_the_plans_values() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("deleted: "));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\ndeleted: 1 paths"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("storegc: /nonexistent/storegc.prom: cannot write metrics ("),

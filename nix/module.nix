@@ -407,7 +407,10 @@ in
           "15%"` says how much to free), installed as
           /etc/storegc/low-disk.toml in place of `extraPolicies.low-disk`.
           Checked with `storegc policy check` at build time when it is a
-          Nix path.
+          Nix path. The shipped one protects the closure list
+          /var/lib/storegc/nixos-configurations.txt: while it is missing
+          a low-disk run that has something to do fails (exit 2, nothing
+          deleted); above the threshold the run ends before reading it.
         '';
       };
 

@@ -4,7 +4,10 @@
 //! --check-contents` is clean afterwards and Nix finds none of the planned
 //! paths dead any more; a held `gc.lock` with `--lock-timeout` exits 2 with
 //! nothing deleted; a client that roots a planned path through the
-//! gc-socket while the engine runs keeps it.
+//! gc-socket while the engine runs keeps it; a read-only store (a
+//! read-only bind mount, as on NixOS) is made writable in a private mount
+//! namespace, and without CAP_SYS_ADMIN the run is refused with nothing
+//! deleted.
 
 mod apply_support;
 mod common;
@@ -175,4 +178,87 @@ fn a_root_sent_through_the_gc_socket_keeps_its_path() {
         assert_verify_clean(&b.store, true);
     }
     drop(conn);
+}
+
+/// Runs apply in a mount namespace of its own where the store is a
+/// read-only bind mount (as NixOS mounts /nix/store), optionally without
+/// CAP_SYS_ADMIN. The script exits 97 if the store is writable there.
+fn apply_on_read_only_store(b: &Built, plan: &std::path::Path, with_cap: bool) -> Run {
+    let script = r#"store=$1; shift
+mount --bind "$store" "$store" && mount -o remount,bind,ro "$store" || exit 96
+touch "$store/.rw-probe" 2>/dev/null && exit 97
+exec "$@""#;
+    let store = b.store.store_dir.to_str().expect("utf-8 store dir");
+    let mut args: Vec<std::ffi::OsString> = [
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        store,
+    ]
+    .map(Into::into)
+    .to_vec();
+    if !with_cap {
+        args.extend(
+            [
+                "setpriv",
+                "--bounding-set",
+                "-sys_admin",
+                "--inh-caps",
+                "-sys_admin",
+            ]
+            .map(Into::into),
+        );
+    }
+    args.push(common::storegc_bin().into());
+    args.extend(
+        apply_args(plan, &["--delete-with", "storegc"])
+            .into_iter()
+            .map(Into::into),
+    );
+    let mut cmd = b.store.command("unshare");
+    cmd.args(&args).stdin(std::process::Stdio::null());
+    let what = format!("unshare ... storegc apply (CAP_SYS_ADMIN: {with_cap})");
+    Run::from_output(cmd.output().expect("running unshare"), what)
+}
+
+/// NixOS mounts the store read-only; the engine remounts it read-write in
+/// a private mount namespace, as Nix does, and deletes. Without
+/// CAP_SYS_ADMIN it is refused: exit 2, one line naming the store,
+/// nothing deleted. Needs root (to make the read-only bind mount).
+#[test]
+fn a_read_only_store_is_made_writable_in_a_private_mount_namespace() {
+    let test = "a_read_only_store_is_made_writable_in_a_private_mount_namespace";
+    if !common::nix_available(test) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip_note(&format!(
+            "{test}: needs root to bind-mount the store read-only"
+        ));
+        return;
+    }
+    let b = built(331, 16, GcConf::default());
+    let live = b.store.print_live();
+    let file = b.plan_file("plan.json");
+    let plan = make_plan(&b.store, &file, &[]);
+    assert!(!planned(&plan).is_empty());
+    let valid = b.store.valid_paths();
+    let refused = apply_on_read_only_store(&b, &file, false);
+    refused.expect_refused(&b.store.store_dir);
+    assert!(refused.stderr.contains("read-only"), "{}", refused.show());
+    assert_same("valid after a refused run", &valid, &b.store.valid_paths());
+    let run = apply_on_read_only_store(&b, &file, true);
+    let report = run.expect_code(0).report();
+    assert_same(
+        "deleted vs planned",
+        &planned(&plan),
+        &strs(&report["deleted"]),
+    );
+    assert_only_live_left(&b.store, &live);
+    assert_verify_clean(&b.store, true);
 }

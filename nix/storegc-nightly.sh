@@ -14,6 +14,7 @@
 #   STOREGC_REPORT_DIR    where plans and reports go (required, must exist)
 #   STOREGC_KEEP_REPORTS  how many plans and reports to keep (default 30)
 #   STOREGC_MAX_PLAN_AGE  apply refuses an older plan (default 1h)
+#   STOREGC_DELETE_WITH   apply --delete-with (default: storegc's default)
 #   STOREGC               the binary (default: storegc on PATH)
 #
 # Exit status: storegc's (0 done, 1 some deletions failed, 2 bad input);
@@ -25,6 +26,8 @@ policy=${STOREGC_POLICY:?STOREGC_POLICY is not set}
 reports=${STOREGC_REPORT_DIR:?STOREGC_REPORT_DIR is not set}
 keep=${STOREGC_KEEP_REPORTS:-30}
 max_age=${STOREGC_MAX_PLAN_AGE:-1h}
+delete_with=()
+[ -z "${STOREGC_DELETE_WITH:-}" ] || delete_with=(--delete-with "$STOREGC_DELETE_WITH")
 
 case $keep in
   '' | *[!0-9]* | 0) echo "storegc-nightly: STOREGC_KEEP_REPORTS must be a positive number, not '$keep'" >&2; exit 2 ;;
@@ -45,7 +48,7 @@ if [ "$status" -eq 0 ]; then
     echo '```text'
   } >> "$partial"
   # The apply summary goes to the journal (stdout) and into the report.
-  "$storegc" apply "$plan" --max-plan-age "$max_age" | tee -a "$partial" || status=$?
+  "$storegc" apply "$plan" --max-plan-age "$max_age" "${delete_with[@]}" | tee -a "$partial" || status=$?
   {
     echo '```'
     [ "$status" -eq 0 ] || printf '\napply exited with status %s; see the journal.\n' "$status"

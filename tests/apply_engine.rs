@@ -262,3 +262,69 @@ fn a_read_only_store_is_made_writable_in_a_private_mount_namespace() {
     assert_only_live_left(&b.store, &live);
     assert_verify_clean(&b.store, true);
 }
+
+/// Without `--delete-with` apply deletes with the engine: Nix's gc-socket
+/// is served while it runs (the nix-store backend serves none itself) and
+/// the report counts bytes freed on disk, which only the engine measures.
+#[test]
+fn the_engine_is_the_default_deleter() {
+    if !common::nix_available("the_engine_is_the_default_deleter") {
+        return;
+    }
+    let b = built(341, 12, GcConf::default());
+    let file = b.plan_file("plan.json");
+    let plan = make_plan(&b.store, &file, &[]);
+    assert!(!planned(&plan).is_empty());
+    let args = [
+        std::ffi::OsStr::new("--quiet"),
+        "apply".as_ref(),
+        file.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ];
+    let mut cmd = b.store.storegc(&args);
+    cmd.env("STOREGC_TEST_PAUSE", "socket");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting apply");
+    // Paused right after the socket came up (the hook is the engine's):
+    // the socket is there.
+    let socket = b.store.state_dir.join("gc-socket/socket");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stopped = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            == Some("T")
+    };
+    while !stopped(child.id())
+        && Instant::now() < deadline
+        && child.try_wait().ok().flatten().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let served = stopped(child.id()) && socket.exists();
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    if !served {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("waiting for apply");
+    let run = Run::from_output(out, "storegc apply (default deleter)".into());
+    assert!(served, "no gc-socket: not the engine: {}", run.show());
+    let report = run.expect_code(0).report();
+    assert_same(
+        "deleted vs planned",
+        &planned(&plan),
+        &strs(&report["deleted"]),
+    );
+    assert!(
+        report["freed_disk_bytes"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        run.show()
+    );
+    assert_verify_clean(&b.store, true);
+}

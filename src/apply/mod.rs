@@ -63,9 +63,9 @@ pub enum ApplyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DeleteWith {
     /// `nix-store --delete`, batch by batch
-    #[default]
     NixStore,
     /// storegc's own engine (Nix's collector protocol, see [`engine`])
+    #[default]
     Storegc,
 }
 
@@ -99,7 +99,7 @@ impl Default for ApplyOptions {
             load: LoadOptions::default(),
             batch_paths: 20_000,
             batch_bytes: None,
-            delete_with: DeleteWith::NixStore,
+            delete_with: DeleteWith::Storegc,
             lock_timeout: Duration::from_secs(u64::MAX / 4),
             chunk_size: 50_000,
             vacuum: false,

@@ -328,3 +328,50 @@ fn the_engine_is_the_default_deleter() {
     );
     assert_verify_clean(&b.store, true);
 }
+
+/// `--vacuum` rebuilds the database only when a quarter of it is free:
+/// after a large deletion `repair --vacuum` shrinks it (Nix still reads
+/// it: verify is clean, the valid set unchanged); right after, with no
+/// free pages, it leaves it alone.
+#[test]
+fn vacuum_only_when_a_quarter_of_the_database_is_free() {
+    if !common::nix_available("vacuum_only_when_a_quarter_of_the_database_is_free") {
+        return;
+    }
+    let b = big(351);
+    let run = apply(&b.store, &b.file, &["--delete-with", "storegc"]);
+    let report = run.expect_code(0).report();
+    assert!(report.get("vacuum").is_none(), "vacuumed without --vacuum");
+    assert_only_live_left(&b.store, &b.live);
+    let valid = b.store.valid_paths();
+    let repair = |what: &str| {
+        let out = b
+            .store
+            .storegc(&["--quiet", "repair", "--vacuum", "--format", "json"])
+            .output()
+            .expect("running repair");
+        let run = Run::from_output(out, what.into());
+        run.expect_code(0).report()["vacuum"].clone()
+    };
+    let v = repair("repair --vacuum after the deletion");
+    let (before, free) = (v["bytes_before"].as_u64(), v["free_bytes_before"].as_u64());
+    let (before, free) = (
+        before.expect("bytes_before"),
+        free.expect("free_bytes_before"),
+    );
+    assert!(
+        free * 4 >= before,
+        "the deletion freed under a quarter: {v}"
+    );
+    assert_eq!(v["done"], true, "{v}");
+    assert!(
+        v["bytes_after"].as_u64().expect("bytes_after") < before,
+        "{v}"
+    );
+    assert_verify_clean(&b.store, false);
+    assert_same("valid after vacuum", &valid, &b.store.valid_paths());
+    let v = repair("repair --vacuum again");
+    assert_eq!(v["done"], false, "{v}");
+    assert_eq!(v["free_bytes_before"], 0, "{v}");
+    assert_eq!(v["bytes_after"], v["bytes_before"], "{v}");
+}

@@ -375,3 +375,38 @@ fn vacuum_only_when_a_quarter_of_the_database_is_free() {
     assert_eq!(v["free_bytes_before"], 0, "{v}");
     assert_eq!(v["bytes_after"], v["bytes_before"], "{v}");
 }
+
+/// A store database another process keeps write-locked past the busy
+/// timeout: the first chunk cannot start, apply exits 2 with one line
+/// naming the database, and nothing is deleted.
+#[test]
+fn a_locked_database_exits_2_and_deletes_nothing() {
+    if !common::nix_available("a_locked_database_exits_2_and_deletes_nothing") {
+        return;
+    }
+    let b = built(361, 12, GcConf::default());
+    let file = b.plan_file("plan.json");
+    let plan = make_plan(&b.store, &file, &[]);
+    assert!(!planned(&plan).is_empty());
+    let valid = b.store.valid_paths();
+    let db = b.store.db_path();
+    let holder = rusqlite::Connection::open(&db).expect("opening the store database");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("taking the write lock");
+    let args = apply_args(&file, &["--delete-with", "storegc"]);
+    let mut all: Vec<&std::ffi::OsStr> = vec!["--busy-timeout".as_ref(), "1s".as_ref()];
+    all.extend(args);
+    let out = b.store.storegc(&all).output().expect("running apply");
+    let run = Run::from_output(out, "storegc apply on a locked database".into());
+    holder
+        .execute_batch("ROLLBACK")
+        .expect("releasing the lock");
+    drop(holder);
+    run.expect_refused(&db);
+    assert!(run.stderr.contains("locked"), "{}", run.show());
+    assert_same("valid after a refused run", &valid, &b.store.valid_paths());
+    for p in &valid {
+        assert!(exists(p), "{p} lost its files");
+    }
+}

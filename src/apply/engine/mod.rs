@@ -42,6 +42,12 @@ pub enum EngineError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("{0}: cannot open the store database for writing ({1})")]
     Db(PathBuf, rusqlite::Error),
+    #[error("{0}: the store database is read-only to this process")]
+    ReadOnlyDb(PathBuf),
+    /// The first chunk's transaction failed (e.g. the database stayed
+    /// locked past the busy timeout): nothing was deleted.
+    #[error("{0}; nothing was deleted")]
+    FirstChunk(String),
     #[error(transparent)]
     Mount(#[from] mount::MountError),
     #[error("cannot start threads to remove files ({0})")]
@@ -106,6 +112,12 @@ impl Engine {
         pause::at("socket");
         let db = crate::db::db_path(&settings.state_dir);
         let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(true)
+        {
+            return Err(EngineError::ReadOnlyDb(db));
+        }
         Ok(Engine {
             conn,
             db,

@@ -301,3 +301,44 @@ fn sigterm_finishes_the_current_chunk_and_stops() {
     assert_only_live_left(&b.store, &live);
     assert_consistent(&b, "after the second run");
 }
+
+/// SIGKILL while the next run removes what an earlier crash left: the
+/// store stays consistent and a third run removes the rest.
+#[test]
+fn sigkill_during_the_orphan_sweep() {
+    if !common::nix_available("sigkill_during_the_orphan_sweep") {
+        return;
+    }
+    let b = built(407, 24, GcConf::default());
+    let live = b.store.print_live();
+    let file = b.plan_file("plan.json");
+    let planned = planned(&make_plan(&b.store, &file, &[]));
+    let engine = ["--delete-with", "storegc", "--chunk-size", "4"];
+    let mut first = spawn_paused(&b, &file, "files", &engine);
+    first.wait_stopped();
+    first.signal(libc::SIGKILL);
+    first.finish();
+    let left = leftovers(&b, &planned);
+    assert!(
+        left.len() >= 2,
+        "too few leftovers to stop between: {left:?}"
+    );
+    let mut second = spawn_paused(&b, &file, "orphans", &engine);
+    second.wait_stopped();
+    second.signal(libc::SIGKILL);
+    second.finish();
+    assert_consistent(&b, "killed during the orphan sweep");
+    let after = leftovers(&b, &planned);
+    assert!(
+        after.len() < left.len() && after.is_subset(&left),
+        "{left:?} -> {after:?}"
+    );
+    let third = apply(&b.store, &file, &["--delete-with", "storegc"]);
+    third.expect_code(0);
+    assert!(leftovers(&b, &planned).is_empty());
+    for p in &planned {
+        assert!(!exists(p), "{p} still on disk");
+    }
+    assert_only_live_left(&b.store, &live);
+    assert_consistent(&b, "after the third run");
+}

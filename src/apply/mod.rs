@@ -64,7 +64,8 @@ pub enum ApplyError {
 pub enum DeleteWith {
     /// `nix-store --delete`, batch by batch
     NixStore,
-    /// storegc's own engine (Nix's collector protocol, see [`engine`])
+    /// storegc's own engine, under Nix's collector protocol (the `engine`
+    /// module)
     #[default]
     Storegc,
 }

@@ -107,7 +107,13 @@ let
     cfg.closureLists ++ optionals (cfg.policy != null) (cfg.policy.protect.closure-lists or [ ])
   );
 
-  local = !cfg.deleteThroughDaemon;
+  # Who deletes: storegc's engine (Nix's GC protocol, in this process) or
+  # nix-store, locally or through nix-daemon.
+  engine = cfg.deleteWith == "storegc";
+  throughDaemon = !engine && cfg.deleteThroughDaemon;
+  # This process writes /nix/store itself, remounting it read-write in a
+  # private mount namespace (NixOS mounts it read-only), as Nix does.
+  local = !throughDaemon;
 
   # Hardening shared by the nightly and the preview unit. storegc runs as
   # root (not DynamicUser): it must see every GC root Nix honours, and
@@ -149,18 +155,19 @@ let
     #   directories and /var/lib/private (indirect roots);
     # - CAP_DAC_OVERRIDE, CAP_FOWNER: remove expired roots in directories
     #   owned by other users (per-user profiles, gcroots/per-user);
-    # - deleting without the daemon also needs CAP_SYS_ADMIN (Nix remounts
-    #   a read-only /nix/store writable in a private mount namespace) and
-    #   CAP_CHOWN (Nix fixes the store's ownership on open).
+    # - deleting in this process (deleteWith = "storegc", or a local
+    #   nix-store) also needs CAP_SYS_ADMIN, for one thing only: remounting
+    #   the read-only /nix/store writable in a private mount namespace
+    #   (unshare(CLONE_NEWNS), then mount(MS_REMOUNT|MS_BIND)), as Nix
+    #   does; a local nix-store also needs CAP_CHOWN (it fixes the store's
+    #   ownership on open), storegc's engine does not.
     CapabilityBoundingSet = [
       "CAP_SYS_PTRACE"
       "CAP_DAC_READ_SEARCH"
       "CAP_DAC_OVERRIDE"
       "CAP_FOWNER"
-    ] ++ optionals local [
-      "CAP_SYS_ADMIN"
-      "CAP_CHOWN"
-    ];
+    ] ++ optional local "CAP_SYS_ADMIN"
+    ++ optional (local && !engine) "CAP_CHOWN";
     # Nix's private remount needs a mount namespace; nothing else does.
     RestrictNamespaces = if local then [ "mnt" ] else true;
     ProtectKernelTunables = true; # /proc/sys stays readable
@@ -199,14 +206,17 @@ let
     # nightly or low-disk (the preview writes none).
     STOREGC_METRICS_DIR = cfg.metricsDir;
   }
-  // optionalAttrs cfg.deleteThroughDaemon {
+  // {
+    STOREGC_DELETE_WITH = cfg.deleteWith;
+  }
+  // optionalAttrs throughDaemon {
     # nix-store --delete goes through nix-daemon, which already has
     # /nix/store mounted writable and re-checks liveness (its own view of
     # /proc included) under the GC lock.
     NIX_REMOTE = "daemon";
   };
 
-  daemonUnits = optionals cfg.deleteThroughDaemon [ "nix-daemon.socket" ];
+  daemonUnits = optionals throughDaemon [ "nix-daemon.socket" ];
 
   # The units that may write the closure list: the ones named as systemd
   # has them, and each runner instance's unit as NixOS's
@@ -355,11 +365,27 @@ in
       description = "Extra arguments to `storegc plan` (nightly and preview), e.g. a budget or `--threads 1`.";
     };
 
+    deleteWith = mkOption {
+      type = types.enum [
+        "storegc"
+        "nix-store"
+      ];
+      default = "storegc";
+      description = ''
+        `storegc apply --delete-with`: "storegc" deletes in this process
+        under Nix's own GC protocol (GC lock, gc-socket, database rows
+        before files), remounting the read-only /nix/store writable in a
+        private mount namespace, for which the unit gets CAP_SYS_ADMIN and
+        the mount system calls; "nix-store" hands batches to
+        `nix-store --delete` (see deleteThroughDaemon).
+      '';
+    };
+
     deleteThroughDaemon = mkOption {
       type = types.bool;
       default = true;
       description = ''
-        Run `nix-store --delete` with NIX_REMOTE=daemon. NixOS mounts
+        With deleteWith = "nix-store": run `nix-store --delete` with NIX_REMOTE=daemon. NixOS mounts
         /nix/store read-only; a local nix-store as root would remount it
         in a private mount namespace, which needs CAP_SYS_ADMIN. Through
         the daemon the unit keeps no such capability and /nix/store stays
@@ -465,7 +491,7 @@ in
           message = "services.storegc.lowDisk.below: '${cfg.lowDisk.below}' is neither a size (\"50GiB\") nor a percentage (\"10%\").";
         }
         {
-          assertion = cfg.deleteThroughDaemon -> config.nix.enable;
+          assertion = throughDaemon -> config.nix.enable;
           message = "services.storegc: deleteThroughDaemon needs nix-daemon (nix.enable).";
         }
       ];

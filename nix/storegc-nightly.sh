@@ -27,6 +27,7 @@
 #                         there: storegc-RUN-plan.prom, storegc-RUN-apply.prom
 #                         (RUN: the run name), for node_exporter's textfile
 #                         collector
+#   STOREGC_DELETE_WITH   apply --delete-with (default: storegc's default)
 #   STOREGC               the binary (default: storegc on PATH)
 #
 # Exit status: storegc's (0 done, 1 some deletions failed, 2 bad input);
@@ -40,6 +41,8 @@ keep=${STOREGC_KEEP_REPORTS:-30}
 max_age=${STOREGC_MAX_PLAN_AGE:-1h}
 run=${STOREGC_RUN_NAME:-nightly}
 metrics=${STOREGC_METRICS_DIR:-}
+delete_with=()
+[ -z "${STOREGC_DELETE_WITH:-}" ] || delete_with=(--delete-with "$STOREGC_DELETE_WITH")
 
 case $run in
   nightly) prefix= ;;
@@ -75,7 +78,7 @@ elif [ "$status" -eq 0 ]; then
     echo '```text'
   } >> "$partial"
   # The apply summary goes to the journal (stdout) and into the report.
-  "$storegc" apply "$plan" --max-plan-age "$max_age" "${apply_metrics[@]}" | tee -a "$partial" || status=$?
+  "$storegc" apply "$plan" --max-plan-age "$max_age" "${delete_with[@]}" "${apply_metrics[@]}" | tee -a "$partial" || status=$?
   {
     echo '```'
     [ "$status" -eq 0 ] || printf '\napply exited with status %s; see the journal.\n' "$status"

@@ -53,8 +53,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// List every GC root Nix honours
     Roots(RootsArgs),
-    /// Delete what a plan lets go, through `nix-store --delete`, after
-    /// re-checking it against the store as it is now
+    /// Delete what a plan lets go, after re-checking it against the store
+    /// as it is now
     Apply(ApplyArgs),
     /// Under Nix's GC lock, remove store entries no database row names and
     /// nothing holds (what a crash of apply leaves), and unused `.links`
@@ -156,9 +156,10 @@ pub struct ApplyArgs {
     /// than ARG_MAX leaves); for tests that want many batches
     #[arg(long, value_name = "BYTES", hide = true)]
     pub batch_bytes: Option<usize>,
-    /// Who deletes: nix-store --delete, or storegc's own engine (Nix's
-    /// GC lock and gc-socket, rows then files)
-    #[arg(long, value_enum, default_value_t = crate::apply::DeleteWith::NixStore)]
+    /// Who deletes: storegc's own engine (Nix's GC lock and gc-socket,
+    /// database rows then files, in chunks), or nix-store --delete (its
+    /// meaning follows the installed Nix; slower)
+    #[arg(long, value_enum, default_value_t = crate::apply::DeleteWith::Storegc)]
     pub delete_with: crate::apply::DeleteWith,
     /// With --delete-with storegc: give up (exit 2, nothing deleted) when
     /// Nix's GC lock is still held after this long [default: wait]

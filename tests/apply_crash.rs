@@ -125,9 +125,10 @@ fn unused_links(b: &Built) -> usize {
     })
 }
 
-/// Kills apply at `point`, checks the store, then finishes with a second
-/// apply. Returns what the crash left without a row.
-fn crash_at(point: &str, seed: u64, optimise: bool) -> BTreeSet<String> {
+/// Kills apply at `point` (its `nth` arrival there), checks the store,
+/// then finishes with a second apply. Returns what the crash left without
+/// a row.
+fn crash_at(point: &str, nth: usize, seed: u64, optimise: bool) -> BTreeSet<String> {
     let b = built(seed, 24, GcConf::default());
     if optimise {
         b.store.nix_store(&["--optimise"]);
@@ -136,10 +137,11 @@ fn crash_at(point: &str, seed: u64, optimise: bool) -> BTreeSet<String> {
     let file = b.plan_file("plan.json");
     let planned = planned(&make_plan(&b.store, &file, &[]));
     assert!(planned.len() >= 4, "too little garbage: {planned:?}");
+    let at = format!("{point}:{nth}");
     let mut run = spawn_paused(
         &b,
         &file,
-        point,
+        &at,
         &["--delete-with", "storegc", "--chunk-size", "2"],
     );
     run.wait_stopped();
@@ -175,13 +177,29 @@ fn crash_at(point: &str, seed: u64, optimise: bool) -> BTreeSet<String> {
     left
 }
 
+/// Three seeds from `base` (or `STOREGC_SEED`), each with the arrival
+/// (1 or 2: the first or second chunk, `.links` entry) to stop at.
+fn seeds_and_points(base: u64) -> Vec<(u64, usize)> {
+    let base = std::env::var("STOREGC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(base);
+    let mut rng = common::Rng::new(base);
+    (0..3)
+        .map(|k| (base + 10 * k, 1 + rng.below(2)))
+        .inspect(|(seed, nth)| eprintln!("apply_crash: seed {seed}, stop at arrival {nth}"))
+        .collect()
+}
+
 #[test]
 fn sigkill_during_the_socket_setup() {
     if !common::nix_available("sigkill_during_the_socket_setup") {
         return;
     }
-    let left = crash_at("socket", 401, false);
-    assert!(left.is_empty(), "nothing was deleted yet: {left:?}");
+    for seed in [401, 411] {
+        let left = crash_at("socket", 1, seed, false);
+        assert!(left.is_empty(), "nothing was deleted yet: {left:?}");
+    }
 }
 
 #[test]
@@ -189,11 +207,13 @@ fn sigkill_mid_transaction_commits_nothing() {
     if !common::nix_available("sigkill_mid_transaction_commits_nothing") {
         return;
     }
-    let left = crash_at("transaction", 402, false);
-    assert!(
-        left.is_empty(),
-        "a rolled-back chunk left paths without rows: {left:?}"
-    );
+    for (seed, nth) in seeds_and_points(402) {
+        let left = crash_at("transaction", nth, seed, false);
+        assert!(
+            left.is_empty(),
+            "a rolled-back chunk left paths without rows: {left:?}"
+        );
+    }
 }
 
 #[test]
@@ -201,11 +221,13 @@ fn sigkill_between_a_commit_and_its_files() {
     if !common::nix_available("sigkill_between_a_commit_and_its_files") {
         return;
     }
-    let left = crash_at("files", 403, false);
-    assert!(
-        !left.is_empty(),
-        "the kill left no committed paths with files"
-    );
+    for (seed, nth) in seeds_and_points(403) {
+        let left = crash_at("files", nth, seed, false);
+        assert!(
+            !left.is_empty(),
+            "the kill left no committed paths with files"
+        );
+    }
 }
 
 #[test]
@@ -213,7 +235,9 @@ fn sigkill_during_the_links_pass() {
     if !common::nix_available("sigkill_during_the_links_pass") {
         return;
     }
-    crash_at("links", 404, true);
+    for (seed, nth) in seeds_and_points(404) {
+        crash_at("links", nth, seed, true);
+    }
 }
 
 /// `storegc repair` removes what a crash left, and nothing valid.
@@ -300,4 +324,45 @@ fn sigterm_finishes_the_current_chunk_and_stops() {
     apply(&b.store, &file, &["--delete-with", "storegc"]).expect_code(0);
     assert_only_live_left(&b.store, &live);
     assert_consistent(&b, "after the second run");
+}
+
+/// SIGKILL while the next run removes what an earlier crash left: the
+/// store stays consistent and a third run removes the rest.
+#[test]
+fn sigkill_during_the_orphan_sweep() {
+    if !common::nix_available("sigkill_during_the_orphan_sweep") {
+        return;
+    }
+    let b = built(407, 24, GcConf::default());
+    let live = b.store.print_live();
+    let file = b.plan_file("plan.json");
+    let planned = planned(&make_plan(&b.store, &file, &[]));
+    let engine = ["--delete-with", "storegc", "--chunk-size", "4"];
+    let mut first = spawn_paused(&b, &file, "files", &engine);
+    first.wait_stopped();
+    first.signal(libc::SIGKILL);
+    first.finish();
+    let left = leftovers(&b, &planned);
+    assert!(
+        left.len() >= 2,
+        "too few leftovers to stop between: {left:?}"
+    );
+    let mut second = spawn_paused(&b, &file, "orphans", &engine);
+    second.wait_stopped();
+    second.signal(libc::SIGKILL);
+    second.finish();
+    assert_consistent(&b, "killed during the orphan sweep");
+    let after = leftovers(&b, &planned);
+    assert!(
+        after.len() < left.len() && after.is_subset(&left),
+        "{left:?} -> {after:?}"
+    );
+    let third = apply(&b.store, &file, &["--delete-with", "storegc"]);
+    third.expect_code(0);
+    assert!(leftovers(&b, &planned).is_empty());
+    for p in &planned {
+        assert!(!exists(p), "{p} still on disk");
+    }
+    assert_only_live_left(&b.store, &live);
+    assert_consistent(&b, "after the third run");
 }

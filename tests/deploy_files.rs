@@ -43,6 +43,7 @@ const COMMANDS: &[&str] = &[
     "plan",
     "roots",
     "apply",
+    "repair",
     "demo",
     "explain",
     "policy",

@@ -81,6 +81,7 @@ let
     listOf = t: type "list of ${t.name}" (x: isList x && all t.check x);
     attrsOf = t: type "attribute set of ${t.name}" (x: isAttrs x && all t.check (attrValues x));
     either = a: b: type "${a.name} or ${b.name}" (x: a.check x || b.check x);
+    enum = vs: type "one of ${builtins.concatStringsSep ", " (map builtins.toJSON vs)}" (x: builtins.elem x vs);
   };
   isOption = o: isAttrs o && (o._type or null) == "option";
 
@@ -283,6 +284,8 @@ let
     { bad = { metricsDirectory = "/x"; }; good = { }; }
     { bad = { metricsDir = 5; }; good = { metricsDir = "/var/lib/node-exporter"; }; }
     { bad = { metricsDir = [ "/x" ]; }; good = { metricsDir = null; }; }
+    { bad = { deleteWith = "rm"; }; good = { deleteWith = "nix-store"; }; }
+    { bad = { deleteWith = true; }; good = { deleteWith = "storegc"; }; }
   ];
   accepted =
     settings:
@@ -322,7 +325,8 @@ let
       && svc.environment.STOREGC_REPORT_DIR == "/var/log/storegc"
       && svc.environment.STOREGC_KEEP_REPORTS == "30"
       && svc.environment.STOREGC_MAX_PLAN_AGE == "1h"
-      && svc.environment.NIX_REMOTE == "daemon"
+      && svc.environment.STOREGC_DELETE_WITH == "storegc"
+      && !(svc.environment ? NIX_REMOTE)
     ))
     (check "hardening keeps what a GC needs" (
       svc.serviceConfig.ProtectSystem == "strict"
@@ -333,17 +337,39 @@ let
       && !(svc.serviceConfig ? DynamicUser)
       && svc.serviceConfig.PrivateNetwork
       && svc.serviceConfig.RestrictAddressFamilies == [ "AF_UNIX" ]
-      && elem "CAP_SYS_PTRACE" svc.serviceConfig.CapabilityBoundingSet
-      && elem "CAP_DAC_READ_SEARCH" svc.serviceConfig.CapabilityBoundingSet
-      && !(elem "CAP_SYS_ADMIN" svc.serviceConfig.CapabilityBoundingSet)
+      # storegc's engine (the default): exactly one capability more,
+      # CAP_SYS_ADMIN, for the private remount of the read-only store.
+      && svc.serviceConfig.CapabilityBoundingSet == [
+        "CAP_SYS_PTRACE"
+        "CAP_DAC_READ_SEARCH"
+        "CAP_DAC_OVERRIDE"
+        "CAP_FOWNER"
+        "CAP_SYS_ADMIN"
+      ]
+      && svc.serviceConfig.RestrictNamespaces == [ "mnt" ]
+      && elem "@mount" svc.serviceConfig.SystemCallFilter
       && svc.serviceConfig.ReadWritePaths == [
+        "/nix/var/nix"
+        "/var/log/storegc"
+        "/nix/store"
+      ]
+    ))
+    (check "nix-store through the daemon: no remount, store read-only" (
+      let
+        s = (evalModule (example.services.storegc // { deleteWith = "nix-store"; })).result.systemd.services.storegc;
+      in
+      s.environment.NIX_REMOTE == "daemon"
+      && s.environment.STOREGC_DELETE_WITH == "nix-store"
+      && !(elem "CAP_SYS_ADMIN" s.serviceConfig.CapabilityBoundingSet)
+      && s.serviceConfig.RestrictNamespaces == true
+      && s.serviceConfig.ReadWritePaths == [
         "/nix/var/nix"
         "/var/log/storegc"
       ]
     ))
-    (check "local deletion: writable store, remount allowed" (
+    (check "local nix-store deletion: writable store, remount allowed" (
       let
-        s = (evalModule (example.services.storegc // { deleteThroughDaemon = false; })).result.systemd.services.storegc;
+        s = (evalModule (example.services.storegc // { deleteWith = "nix-store"; deleteThroughDaemon = false; })).result.systemd.services.storegc;
       in
       elem "/nix/store" s.serviceConfig.ReadWritePaths
       && elem "CAP_SYS_ADMIN" s.serviceConfig.CapabilityBoundingSet

@@ -164,7 +164,9 @@ pub fn delete_all(
             break;
         }
     }
-    deleter.finish(target, report);
+    if result.is_ok() {
+        deleter.finish(target, report);
+    }
     if !opts.dry_run {
         measure_fs(settings, before, report);
     }

@@ -70,9 +70,10 @@ pub enum ApplyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DeleteWith {
     /// `nix-store --delete`, batch by batch
-    #[default]
     NixStore,
-    /// storegc's own engine (Nix's collector protocol, see [`engine`])
+    /// storegc's own engine, under Nix's collector protocol (the `engine`
+    /// module)
+    #[default]
     Storegc,
 }
 
@@ -108,7 +109,7 @@ impl Default for ApplyOptions {
             load: LoadOptions::default(),
             batch_paths: 20_000,
             batch_bytes: None,
-            delete_with: DeleteWith::NixStore,
+            delete_with: DeleteWith::Storegc,
             lock_timeout: Duration::from_secs(u64::MAX / 4),
             chunk_size: 50_000,
             allow_incomplete_roots: false,

@@ -34,7 +34,11 @@ impl Deleter for Engine {
                 .errors
                 .push(format!("{}: invalid now, files left: {e}", t.path(*id)));
         }
+        let nothing_changed = report.deleted.is_empty() && report.roots_removed.is_empty();
         Ok(match out.failed {
+            Some((_, msg)) if nothing_changed => {
+                return Err(super::EngineError::FirstChunk(msg).into());
+            }
             Some((ids, msg)) => {
                 tracing::warn!(%msg, "chunk rolled back");
                 t.record_failed(&ids, &msg, report);

@@ -20,6 +20,7 @@
 
 mod backend;
 pub mod files;
+pub mod mount;
 pub mod orphans;
 pub mod pause;
 pub mod protocol;
@@ -41,6 +42,16 @@ pub enum EngineError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("{0}: cannot open the store database for writing ({1})")]
     Db(PathBuf, rusqlite::Error),
+    #[error("{0}: the store database is read-only to this process")]
+    ReadOnlyDb(PathBuf),
+    /// The first chunk's transaction failed (e.g. the database stayed
+    /// locked past the busy timeout): nothing was deleted.
+    #[error("{0}; nothing was deleted")]
+    FirstChunk(String),
+    #[error(transparent)]
+    Mount(#[from] mount::MountError),
+    #[error("cannot start threads to remove files ({0})")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
 /// The engine while it runs: Nix's GC lock, the socket server, and a
@@ -50,6 +61,9 @@ pub struct Engine {
     db: PathBuf,
     store_dir: String,
     server: protocol::Server,
+    /// Removes files; started after the store was made writable, so its
+    /// threads share that mount namespace.
+    pool: rayon::ThreadPool,
     _lock: protocol::GcLock,
     /// `--vacuum`: [`Engine::vacuum`] after the last chunk.
     pub vacuum_at_end: bool,
@@ -81,23 +95,35 @@ pub struct ChunkOutcome {
 }
 
 impl Engine {
-    /// Steps 1 and 2: the lock (waiting at most `lock_timeout`), the
-    /// server, and the database connection.
+    /// Steps 1 and 2: a read-only store made writable ([`mount`]), the
+    /// lock (waiting at most `lock_timeout`), the server, and the database
+    /// connection.
     pub fn start(
         settings: &Settings,
         lock_timeout: Duration,
         busy_timeout: Duration,
     ) -> Result<Engine, EngineError> {
+        mount::make_store_writable(Path::new(settings.store_dir.as_str()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .build()?;
         let lock = protocol::take_gc_lock(&settings.state_dir, lock_timeout)?;
         let server = protocol::serve(&settings.state_dir, settings.store_dir.as_str())?;
         pause::at("socket");
         let db = crate::db::db_path(&settings.state_dir);
         let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(true)
+        {
+            return Err(EngineError::ReadOnlyDb(db));
+        }
         Ok(Engine {
             conn,
             db,
             store_dir: settings.store_dir.as_str().to_string(),
             server,
+            pool,
             _lock: lock,
             vacuum_at_end: false,
         })
@@ -123,7 +149,7 @@ impl Engine {
             out.failed = Some((todo, format!("{}: {e}", self.db.display())));
             return out;
         }
-        let removed = remove_files(&paths);
+        let removed = self.pool.install(|| remove_files(&paths));
         self.server.roots.finish_pending();
         for (&id, r) in todo.iter().zip(removed) {
             match r {

@@ -2431,6 +2431,8 @@ mod nar {
             contents: &'a [u8],
             executable: bool,
         },
+        /// The synthetic stores have none; the tests pin the format.
+        #[cfg_attr(not(test), allow(dead_code))]
         Symlink(&'a str),
         /// Entries in any order; they are written sorted by name.
         Dir(Vec<(&'a str, Node<'a>)>),

@@ -92,16 +92,32 @@ impl Engine {
         name: impl Fn(PathId) -> String,
     ) -> ChunkOutcome {
         let mut out = ChunkOutcome::default();
-        let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
-        let paths: Vec<String> = todo
-            .iter()
-            .map(|&id| format!("{}/{}", self.store_dir, name(id)))
-            .collect();
-        if let Err(e) = delete_rows(&mut self.conn, &paths) {
-            self.server.roots.finish_pending();
-            out.failed = Some((todo, format!("{}: {e}", self.db.display())));
-            return out;
-        }
+        let (todo, paths) = loop {
+            let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
+            let paths: Vec<String> = todo
+                .iter()
+                .map(|&id| format!("{}/{}", self.store_dir, name(id)))
+                .collect();
+            match delete_rows(&mut self.conn, &paths) {
+                Ok(()) => break (todo, paths),
+                // A path registered meanwhile refers to these (e.g. a
+                // `.drv` naming them, written by a client whose root is
+                // that `.drv`): keep them and what they keep, as Nix's
+                // collector does, and try the rest again. Each round
+                // keeps at least one path, so this ends.
+                Err(RowsError::Referenced(idx)) => {
+                    self.server.roots.finish_pending();
+                    let ids: Vec<PathId> = idx.iter().map(|&i| todo[i]).collect();
+                    out.kept
+                        .extend(super::order::drop_kept(graph, deletable, &ids));
+                }
+                Err(RowsError::Sql(e)) => {
+                    self.server.roots.finish_pending();
+                    out.failed = Some((todo, format!("{}: {e}", self.db.display())));
+                    return out;
+                }
+            }
+        };
         let removed: Vec<std::io::Result<u64>> = paths
             .par_iter()
             .map(|p| files::remove_tree(Path::new(p)))
@@ -135,7 +151,8 @@ impl Engine {
             .copied()
             .filter(|&id| deletable[id as usize] && state.roots.contains(&hash(id)))
             .collect();
-        out.kept = super::order::drop_kept(graph, deletable, &rooted);
+        out.kept
+            .extend(super::order::drop_kept(graph, deletable, &rooted));
         let todo: Vec<PathId> = chunk
             .iter()
             .copied()
@@ -161,31 +178,63 @@ fn open_writable(db: &Path, busy_timeout: Duration) -> rusqlite::Result<Connecti
     Ok(conn)
 }
 
+/// Why a chunk's transaction was rolled back.
+#[derive(Debug)]
+enum RowsError {
+    /// These paths (indices into the chunk) have a referrer outside the
+    /// chunk in the database now: registered after the snapshot.
+    Referenced(Vec<usize>),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for RowsError {
+    fn from(e: rusqlite::Error) -> Self {
+        RowsError::Sql(e)
+    }
+}
+
 /// One write transaction: the chunk's `Refs` (referrer side) and then its
-/// `ValidPaths` rows. Any error rolls the whole chunk back.
-fn delete_rows(conn: &mut Connection, paths: &[String]) -> rusqlite::Result<()> {
+/// `ValidPaths` rows. Inside it, before anything is deleted, every path's
+/// referrers are read from the database as it is now: one outside the
+/// chunk (a path registered after the snapshot) rolls the chunk back with
+/// [`RowsError::Referenced`]. Any error rolls the whole chunk back.
+fn delete_rows(conn: &mut Connection, paths: &[String]) -> Result<(), RowsError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut id_of = tx.prepare_cached("SELECT id FROM ValidPaths WHERE path = ?1")?;
-        let mut refs = tx.prepare_cached("DELETE FROM Refs WHERE referrer = ?1")?;
         let mut ids = Vec::with_capacity(paths.len());
-        for p in paths {
-            let id: Option<i64> = match id_of.query_row([p], |r| r.get(0)) {
-                Ok(id) => Some(id),
-                Err(rusqlite::Error::QueryReturnedNoRows) => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(id) = id {
-                refs.execute([id])?;
-                ids.push(id);
+        for (i, p) in paths.iter().enumerate() {
+            match id_of.query_row([p], |r| r.get::<_, i64>(0)) {
+                Ok(id) => ids.push((i, id)),
+                Err(rusqlite::Error::QueryReturnedNoRows) => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        let in_chunk: std::collections::HashSet<i64> = ids.iter().map(|&(_, id)| id).collect();
+        let mut referrers = tx.prepare_cached("SELECT referrer FROM Refs WHERE reference = ?1")?;
+        let mut referenced = Vec::new();
+        for &(i, id) in &ids {
+            let mut rows = referrers.query([id])?;
+            while let Some(r) = rows.next()? {
+                if !in_chunk.contains(&r.get::<_, i64>(0)?) {
+                    referenced.push(i);
+                    break;
+                }
+            }
+        }
+        if !referenced.is_empty() {
+            return Err(RowsError::Referenced(referenced));
+        }
+        let mut refs = tx.prepare_cached("DELETE FROM Refs WHERE referrer = ?1")?;
+        for &(_, id) in &ids {
+            refs.execute([id])?;
+        }
         let mut valid = tx.prepare_cached("DELETE FROM ValidPaths WHERE id = ?1")?;
-        for id in ids {
+        for &(_, id) in &ids {
             valid.execute([id])?;
         }
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 #[cfg(test)]
@@ -216,8 +265,12 @@ mod tests {
     #[test]
     fn a_chunk_with_a_still_referenced_path_commits_nothing() {
         let mut c = db();
-        // b is still referenced by c, which stays: the whole chunk fails.
-        assert!(delete_rows(&mut c, &["/s/a".into(), "/s/b".into()]).is_err());
+        // b is still referenced by c, which stays: the whole chunk is
+        // rolled back, naming b (index 1).
+        match delete_rows(&mut c, &["/s/a".into(), "/s/b".into()]) {
+            Err(RowsError::Referenced(idx)) => assert_eq!(idx, vec![1]),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(count(&c), 3);
         delete_rows(
             &mut c,

@@ -34,6 +34,8 @@ pub enum EngineError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("{0}: cannot open the store database for writing ({1})")]
     Db(PathBuf, rusqlite::Error),
+    #[error("{0}: cannot delete from the store ({1})")]
+    Store(PathBuf, std::io::Error),
 }
 
 /// The engine while it runs: Nix's GC lock, the socket server, and a
@@ -71,6 +73,8 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let lock = protocol::take_gc_lock(&settings.state_dir, lock_timeout)?;
         let server = protocol::serve(&settings.state_dir, settings.store_dir.as_str())?;
+        let store = Path::new(settings.store_dir.as_str());
+        check_writable(store).map_err(|e| EngineError::Store(store.to_path_buf(), e))?;
         let db = crate::db::db_path(&settings.state_dir);
         let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
         Ok(Engine {
@@ -168,13 +172,31 @@ impl Engine {
     }
 }
 
+/// Whether we may remove entries of the store dir (`access(W_OK)`: a
+/// read-only mount or another owner fails here, before any row goes,
+/// instead of leaving invalidated paths' files behind).
+fn check_writable(store: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(store.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A read-write connection, proven able to write: an empty write
+/// transaction waits at most the busy timeout for a writer holding the
+/// database, so a database locked past it is refused before anything
+/// changed rather than failing every chunk.
 fn open_writable(db: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy_timeout)?;
-    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; BEGIN IMMEDIATE; ROLLBACK;")?;
     Ok(conn)
 }
 

@@ -1647,9 +1647,9 @@ impl NixStore {
     /// folders of about that many characters between `$T` and `nix/`,
     /// lengthening every store path: long paths fill a `nix-store`
     /// command line with fewer paths. Keep `$T` plus padding under ~440
-    /// characters (SQLite opens no path over 512). The store's content
-    /// hashes are made up: `nix-store --verify` is clean on it,
-    /// `--check-contents` is not.
+    /// characters (SQLite opens no path over 512). Hashes and sizes are
+    /// the entries' true NAR hashes and sizes: `nix-store --verify
+    /// --check-contents` is clean on it.
     pub fn synthetic(paths: usize, seed: u64, padding: usize) -> NixStore {
         let root = tempfile::Builder::new()
             .prefix("storegc-nix-")

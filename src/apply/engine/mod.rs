@@ -52,6 +52,8 @@ pub enum EngineError {
     Mount(#[from] mount::MountError),
     #[error("cannot start threads to remove files ({0})")]
     Pool(#[from] rayon::ThreadPoolBuildError),
+    #[error("{0}: cannot delete from the store ({1})")]
+    Store(PathBuf, std::io::Error),
 }
 
 /// The engine while it runs: Nix's GC lock, the socket server, and a
@@ -110,6 +112,8 @@ impl Engine {
         let lock = protocol::take_gc_lock(&settings.state_dir, lock_timeout)?;
         let server = protocol::serve(&settings.state_dir, settings.store_dir.as_str())?;
         pause::at("socket");
+        let store = Path::new(settings.store_dir.as_str());
+        check_writable(store).map_err(|e| EngineError::Store(store.to_path_buf(), e))?;
         let db = crate::db::db_path(&settings.state_dir);
         let conn = open_writable(&db, busy_timeout).map_err(|e| EngineError::Db(db.clone(), e))?;
         if conn
@@ -139,16 +143,32 @@ impl Engine {
         name: impl Fn(PathId) -> String,
     ) -> ChunkOutcome {
         let mut out = ChunkOutcome::default();
-        let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
-        let paths: Vec<String> = todo
-            .iter()
-            .map(|&id| format!("{}/{}", self.store_dir, name(id)))
-            .collect();
-        if let Err(e) = delete_rows(&mut self.conn, &paths) {
-            self.server.roots.finish_pending();
-            out.failed = Some((todo, format!("{}: {e}", self.db.display())));
-            return out;
-        }
+        let (todo, paths) = loop {
+            let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
+            let paths: Vec<String> = todo
+                .iter()
+                .map(|&id| format!("{}/{}", self.store_dir, name(id)))
+                .collect();
+            match delete_rows(&mut self.conn, &paths) {
+                Ok(()) => break (todo, paths),
+                // A path registered meanwhile refers to these (e.g. a
+                // `.drv` naming them, written by a client whose root is
+                // that `.drv`): keep them and what they keep, as Nix's
+                // collector does, and try the rest again. Each round
+                // keeps at least one path, so this ends.
+                Err(RowsError::Referenced(idx)) => {
+                    self.server.roots.finish_pending();
+                    let ids: Vec<PathId> = idx.iter().map(|&i| todo[i]).collect();
+                    out.kept
+                        .extend(super::order::drop_kept(graph, deletable, &ids));
+                }
+                Err(RowsError::Sql(e)) => {
+                    self.server.roots.finish_pending();
+                    out.failed = Some((todo, format!("{}: {e}", self.db.display())));
+                    return out;
+                }
+            }
+        };
         let removed = self.pool.install(|| remove_files(&paths));
         self.server.roots.finish_pending();
         for (&id, r) in todo.iter().zip(removed) {
@@ -179,7 +199,8 @@ impl Engine {
             .copied()
             .filter(|&id| deletable[id as usize] && state.roots.contains(&hash(id)))
             .collect();
-        out.kept = super::order::drop_kept(graph, deletable, &rooted);
+        out.kept
+            .extend(super::order::drop_kept(graph, deletable, &rooted));
         let todo: Vec<PathId> = chunk
             .iter()
             .copied()
@@ -258,42 +279,92 @@ fn remove_files(paths: &[String]) -> Vec<std::io::Result<u64>> {
     out
 }
 
+/// Whether we may remove entries of the store dir (`access(W_OK)`: a
+/// read-only mount or another owner fails here, before any row goes,
+/// instead of leaving invalidated paths' files behind).
+fn check_writable(store: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(store.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A read-write connection, proven able to write: an empty write
+/// transaction waits at most the busy timeout for a writer holding the
+/// database, so a database locked past it is refused before anything
+/// changed rather than failing every chunk.
 fn open_writable(db: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy_timeout)?;
-    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; BEGIN IMMEDIATE; ROLLBACK;")?;
     Ok(conn)
 }
 
+/// Why a chunk's transaction was rolled back.
+#[derive(Debug)]
+enum RowsError {
+    /// These paths (indices into the chunk) have a referrer outside the
+    /// chunk in the database now: registered after the snapshot.
+    Referenced(Vec<usize>),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for RowsError {
+    fn from(e: rusqlite::Error) -> Self {
+        RowsError::Sql(e)
+    }
+}
+
 /// One write transaction: the chunk's `Refs` (referrer side) and then its
-/// `ValidPaths` rows. Any error rolls the whole chunk back.
-fn delete_rows(conn: &mut Connection, paths: &[String]) -> rusqlite::Result<()> {
+/// `ValidPaths` rows. Inside it, before anything is deleted, every path's
+/// referrers are read from the database as it is now: one outside the
+/// chunk (a path registered after the snapshot) rolls the chunk back with
+/// [`RowsError::Referenced`]. Any error rolls the whole chunk back.
+fn delete_rows(conn: &mut Connection, paths: &[String]) -> Result<(), RowsError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut id_of = tx.prepare_cached("SELECT id FROM ValidPaths WHERE path = ?1")?;
-        let mut refs = tx.prepare_cached("DELETE FROM Refs WHERE referrer = ?1")?;
         let mut ids = Vec::with_capacity(paths.len());
-        for p in paths {
-            let id: Option<i64> = match id_of.query_row([p], |r| r.get(0)) {
-                Ok(id) => Some(id),
-                Err(rusqlite::Error::QueryReturnedNoRows) => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(id) = id {
-                refs.execute([id])?;
-                ids.push(id);
+        for (i, p) in paths.iter().enumerate() {
+            match id_of.query_row([p], |r| r.get::<_, i64>(0)) {
+                Ok(id) => ids.push((i, id)),
+                Err(rusqlite::Error::QueryReturnedNoRows) => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        let in_chunk: std::collections::HashSet<i64> = ids.iter().map(|&(_, id)| id).collect();
+        let mut referrers = tx.prepare_cached("SELECT referrer FROM Refs WHERE reference = ?1")?;
+        let mut referenced = Vec::new();
+        for &(i, id) in &ids {
+            let mut rows = referrers.query([id])?;
+            while let Some(r) = rows.next()? {
+                if !in_chunk.contains(&r.get::<_, i64>(0)?) {
+                    referenced.push(i);
+                    break;
+                }
+            }
+        }
+        if !referenced.is_empty() {
+            return Err(RowsError::Referenced(referenced));
+        }
+        let mut refs = tx.prepare_cached("DELETE FROM Refs WHERE referrer = ?1")?;
+        for &(_, id) in &ids {
+            refs.execute([id])?;
+        }
         let mut valid = tx.prepare_cached("DELETE FROM ValidPaths WHERE id = ?1")?;
-        for id in ids {
+        for &(_, id) in &ids {
             valid.execute([id])?;
         }
     }
     pause::at("transaction");
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 #[cfg(test)]
@@ -362,8 +433,12 @@ mod tests {
     #[test]
     fn a_chunk_with_a_still_referenced_path_commits_nothing() {
         let mut c = db();
-        // b is still referenced by c, which stays: the whole chunk fails.
-        assert!(delete_rows(&mut c, &["/s/a".into(), "/s/b".into()]).is_err());
+        // b is still referenced by c, which stays: the whole chunk is
+        // rolled back, naming b (index 1).
+        match delete_rows(&mut c, &["/s/a".into(), "/s/b".into()]) {
+            Err(RowsError::Referenced(idx)) => assert_eq!(idx, vec![1]),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(count(&c), 3);
         delete_rows(
             &mut c,

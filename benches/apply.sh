@@ -1,42 +1,57 @@
 #!/usr/bin/env bash
-# Speed of `storegc apply` against `nix-store --gc` (issue 4: deleting the
-# ~170,000 dead paths of a 200,000-path store may take at most 1.3x what
-# `nix-store --gc` takes for the same paths on the same store).
+# Speed of deleting (issue 13): on identical synthetic stores, in one run,
 #
-# Generates two identical synthetic stores (storegc-synth, same seed, same
-# "now", with files), then on one runs `storegc plan --out` and `storegc
-# apply`, on the other `nix-store --gc`; checks both leave the same valid
-# paths, and prints both times and their ratio. Logs (`apply -v`, Nix's
-# output) stay in target/bench-apply/ for a look at where the time goes.
+#   engine     storegc apply --delete-with storegc  (storegc's own deleter)
+#   nix-store  storegc apply --delete-with nix-store (batches to Nix)
+#   gc         nix-store --gc                        (Nix's whole collector)
+#   floor      one SQLite transaction deleting the planned rows
+#              (storegc-floor --delete), then `rm -rf` of the same paths,
+#              two in parallel: no liveness, no lock, no socket
 #
-# Not measured: the synthetic store's .links is empty (no optimise-store),
-# while every `nix-store --delete` call ends by scanning .links ("deleting
-# unused links..."); on an optimised store each apply batch pays that scan
-# once, `nix-store --gc` once in all.
+# then the engine and `nix-store --gc` once more on the same store after
+# `nix-store --optimise` (`.links` populated: every .drv is linked there,
+# so the engine's `.links` pass and Nix's both have work). Targets: the
+# engine at least 3x faster than `nix-store --gc`, at most 1.3x the floor.
 #
-#   benches/apply.sh [PATHS [SEED]]      default: 200000 1
+# Every contestant runs on a fresh copy (`cp -a`, hard links kept) of one
+# generated store at the same path, so all see the same bytes; `storegc
+# plan --out` runs once, before the first copy. Each run must succeed
+# (storegc: exit 0, no failures or errors in its report), or the script
+# stops with exit 1 and names it: a failing command is never timed. After
+# each run the valid set must equal the others' (all delete exactly Nix's
+# dead set), or exit 1.
 #
-# Exit 0 when both stores end with the same valid set (whatever the
-# ratio), 1 when they differ. Needs nix-store and sqlite3 (apt: nix-bin
-# sqlite3) and about 2 GB of disk under target/ while it runs; the stores
-# are removed at the end unless STOREGC_BENCH_KEEP=1.
+#   STOREGC_BENCH_PATHS=N   store size (default 200000; try 5000 first)
+#   STOREGC_BENCH_SEED=S    synth seed (default 1)
+#   STOREGC_BENCH_KEEP=1    keep the stores under target/bench-apply
+#   benches/apply.sh [PATHS [SEED]] does the same.
+#
+# Logs and reports stay in target/bench-apply/. Needs nix-store, sqlite3,
+# jq and GNU time (apt: nix-bin sqlite3 jq time) and about 3 GB of disk at
+# 200,000 paths. Prints a Markdown table (wall and CPU seconds, CPU with
+# children) and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-paths=${1:-200000}
-seed=${2:-1}
-target_ratio=1.3
+paths=${STOREGC_BENCH_PATHS:-${1:-200000}}
+seed=${STOREGC_BENCH_SEED:-${2:-1}}
 
-for tool in nix-store sqlite3 /usr/bin/time; do
+for tool in nix-store sqlite3 jq /usr/bin/time; do
   command -v "$tool" >/dev/null 2>&1 || {
-    echo "benches/apply.sh: $tool is missing (apt-get install nix-bin sqlite3 time)" >&2
+    echo "benches/apply.sh: $tool is missing (apt-get install nix-bin sqlite3 jq time)" >&2
     exit 2
   }
 done
 
 echo "building release binaries..." >&2
-cargo build --release --quiet --bin storegc --bin storegc-synth
+cargo build --release --quiet --bin storegc --bin storegc-synth --bin storegc-floor
 bin=$PWD/target/release
 work=$PWD/target/bench-apply
+store=$work/s
+
+die() {
+  echo "benches/apply.sh: $*" >&2
+  exit 1
+}
 
 # Store paths are read-only: make them writable before removing.
 wipe() {
@@ -48,103 +63,135 @@ wipe() {
 wipe "$work"
 mkdir -p "$work"
 
-# Both stores from the same seed and the same clock.
-now=$(date +%s)
-for s in apply gc; do
-  echo "generating the '$s' store ($paths paths, seed $seed)..." >&2
-  "$bin/storegc-synth" --paths "$paths" --seed "$seed" --now "$now" "$work/$s" \
-    >"$work/$s.env" 2>"$work/$s.synth.log"
-done
-sync
-
-# Runs "$@" with store $1's environment (a subshell).
-in_store() {
-  local s=$1
-  shift
-  (
-    set -a
-    # shellcheck disable=SC1090
-    . "$work/$s.env"
-    set +a
-    "$@"
-  )
-}
+echo "generating the store ($paths paths, seed $seed)..." >&2
+"$bin/storegc-synth" --paths "$paths" --seed "$seed" "$store" >"$work/env" 2>"$work/synth.log" ||
+  die "storegc-synth failed, see $work/synth.log"
+set -a
+# shellcheck disable=SC1091
+. "$work/env"
+set +a
+db=$NIX_STATE_DIR/db/db.sqlite
 
 # Runs a command under /usr/bin/time: stdout and stderr go to
-# $work/NAME.out and .err, "WALL CPU KIB" to .time: wall seconds, CPU
-# seconds (user + system, children included: apply's nix-store calls
-# count) and peak RSS. On a shared machine the wall time of deleting is
-# mostly waiting for the disk, so CPU time is the steadier comparison.
+# $work/NAME.out and .err, "WALL USER SYS KIB" to .time. A failure stops
+# the script.
 measure() {
   local name=$1
   shift
+  sync
   /usr/bin/time -o "$work/$name.time" -f "%e %U %S %M" "$@" \
     >"$work/$name.out" 2>"$work/$name.err" || {
-    echo "benches/apply.sh: '$*' failed, see $work/$name.err" >&2
     tail -n 5 "$work/$name.err" >&2
-    exit 1
+    die "'$*' failed, see $work/$name.err"
   }
 }
 
-# The valid paths of store $1, by basename, sorted.
-valid_set() {
-  in_store "$1" sh -c \
-    'sqlite3 "$NIX_STATE_DIR/db/db.sqlite" "select path from ValidPaths" | sed "s|^$NIX_STORE_DIR/||" | sort'
+# A storegc report must name no failure and no error.
+check_report() {
+  jq -e '(.failed | length) == 0 and (.errors | length) == 0 and (.interrupted | not)' \
+    "$work/$1.out" >/dev/null || die "$1: the report names failures or errors ($work/$1.out)"
 }
 
-echo "nix-store --gc..." >&2
-in_store gc measure gc nix-store --gc
+# The valid paths, by basename, sorted; must equal the first run's.
+check_valid() {
+  sqlite3 "$db" "select path from ValidPaths" | sed "s|^$NIX_STORE_DIR/||" | sort >"$work/$1.valid"
+  if [ -e "$work/want.valid" ]; then
+    cmp -s "$work/want.valid" "$work/$1.valid" ||
+      die "$1 left a different valid set than the first run (diff $work/{want,$1}.valid)"
+  else
+    cp "$work/$1.valid" "$work/want.valid"
+  fi
+}
+
+# Replaces the store with a fresh copy of $1.
+restore() {
+  wipe "$store"
+  cp -a "$1" "$store"
+}
+
 echo "storegc plan --out..." >&2
-in_store apply measure plan "$bin/storegc" plan --format text --out "$work/plan.json"
-echo "storegc apply..." >&2
-in_store apply measure apply "$bin/storegc" -v apply "$work/plan.json"
-cpu() { awk -v u="$1" -v s="$2" 'BEGIN { printf "%.1f", u + s }'; }
-read -r gc_s gc_u gc_sys gc_kib <"$work/gc.time"
-read -r plan_s plan_u plan_sys plan_kib <"$work/plan.time"
-read -r apply_s apply_u apply_sys apply_kib <"$work/apply.time"
-gc_cpu=$(cpu "$gc_u" "$gc_sys")
-plan_cpu=$(cpu "$plan_u" "$plan_sys")
-apply_cpu=$(cpu "$apply_u" "$apply_sys")
-# Tracing colours the log; plain text for grep.
-sed 's/\x1b\[[0-9;]*m//g' "$work/apply.err" >"$work/apply.log"
+measure plan "$bin/storegc" plan --format text --out "$work/plan.json"
+jq -r '.delete[].path' "$work/plan.json" >"$work/planned.txt"
+planned=$(wc -l <"$work/planned.txt")
+[ "$planned" -gt 0 ] || die "the plan deletes nothing"
+cp -a "$store" "$work/pristine"
 
-valid_set apply >"$work/apply.valid"
-valid_set gc >"$work/gc.valid"
-same=yes
-cmp -s "$work/apply.valid" "$work/gc.valid" || same=no
+echo "engine: storegc apply --delete-with storegc ($planned paths)..." >&2
+measure engine "$bin/storegc" apply "$work/plan.json" --format json --delete-with storegc
+check_report engine
+check_valid engine
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) b = 0.001; printf "%.2f", a / b }'; }
-planned=$(grep -m1 -o 'to delete: [0-9]* paths' "$work/plan.out" | grep -o '[0-9]*' || echo '?')
-batches=$(grep -m1 -o 'batches=[0-9]*' "$work/apply.log" | grep -o '[0-9]*$' || echo '?')
-gc_deleted=$(grep -m1 -o '^[0-9]* store paths deleted' "$work/gc.out" "$work/gc.err" 2>/dev/null |
-  head -n1 | grep -o '[0-9]* store' | grep -o '[0-9]*' || echo '?')
-r_apply=$(ratio "$apply_s" "$gc_s")
-r_apply_cpu=$(ratio "$apply_cpu" "$gc_cpu")
-both_s=$(awk -v a="$plan_s" -v b="$apply_s" 'BEGIN { print a + b }')
-both_cpu=$(awk -v a="$plan_cpu" -v b="$apply_cpu" 'BEGIN { print a + b }')
-r_both=$(ratio "$both_s" "$gc_s")
-r_both_cpu=$(ratio "$both_cpu" "$gc_cpu")
-verdict=$(awk -v r="$r_apply" -v t="$target_ratio" 'BEGIN { print (r <= t) ? "within" : "OVER" }')
+echo "nix-store backend: storegc apply --delete-with nix-store..." >&2
+restore "$work/pristine"
+measure nixstore "$bin/storegc" apply "$work/plan.json" --format json --delete-with nix-store
+check_report nixstore
+check_valid nixstore
 
-printf '\n%-22s %s (seed %s)\n' "store:" "$paths paths" "$seed"
-printf '%-22s %s paths in %s batches; nix-store --gc deleted %s\n' \
-  "storegc plan deletes:" "$planned" "$batches" "$gc_deleted"
-printf '%-22s %9s %9s %9s\n' "" "wall s" "CPU s" "peak MiB"
-row() { printf '%-22s %9.1f %9.1f %9d  %s\n' "$1" "$2" "$3" $(($4 / 1024)) "$5"; }
-row "nix-store --gc:" "$gc_s" "$gc_cpu" "$gc_kib" ""
-row "storegc plan:" "$plan_s" "$plan_cpu" "$plan_kib" ""
-row "storegc apply:" "$apply_s" "$apply_cpu" "$apply_kib" \
-  "${r_apply}x wall, ${r_apply_cpu}x CPU of nix-store --gc (target <= ${target_ratio}x: $verdict)"
-printf '%-22s %9.1f %9.1f %9s  %s\n' "plan + apply:" "$both_s" "$both_cpu" "" \
-  "${r_both}x wall, ${r_both_cpu}x CPU"
+echo "nix-store --gc..." >&2
+restore "$work/pristine"
+measure gc nix-store --gc
+check_valid gc
+
+echo "floor: one transaction, then rm -rf x2..." >&2
+restore "$work/pristine"
+measure floor bash -c '
+  "$1" --delete "$2" "$3" &&
+  xargs -a "$3" -d "\n" -P 2 -n 2000 rm -rf' floor "$bin/storegc-floor" "$db" "$work/planned.txt"
+check_valid floor
+
+echo "nix-store --optimise..." >&2
+restore "$work/pristine"
+measure optimise nix-store --optimise
+links=$(find "$NIX_STORE_DIR/.links" -mindepth 1 -maxdepth 1 | wc -l)
+[ "$links" -gt 0 ] || die "nix-store --optimise left .links empty"
+wipe "$work/pristine"
+cp -a "$store" "$work/pristine-opt"
+
+echo "engine on the optimised store..." >&2
+measure engine_opt "$bin/storegc" apply "$work/plan.json" --format json --delete-with storegc
+check_report engine_opt
+check_valid engine_opt
+links_after=$(find "$NIX_STORE_DIR/.links" -mindepth 1 -maxdepth 1 | wc -l)
+
+echo "nix-store --gc on the optimised store..." >&2
+restore "$work/pristine-opt"
+measure gc_opt nix-store --gc
+check_valid gc_opt
+gc_links_after=$(find "$NIX_STORE_DIR/.links" -mindepth 1 -maxdepth 1 | wc -l)
+[ "$links_after" = "$gc_links_after" ] ||
+  die ".links: $links_after entries left by the engine, $gc_links_after by nix-store --gc"
+
 if [ "${STOREGC_BENCH_KEEP:-0}" != 1 ]; then
-  wipe "$work/apply"
-  wipe "$work/gc"
+  wipe "$store"
+  wipe "$work/pristine-opt"
 fi
-if [ "$same" = yes ]; then
-  printf '%-22s identical (%d paths)\n' "valid paths after:" "$(wc -l <"$work/apply.valid")"
-else
-  printf '%-22s DIFFERENT: %d after apply, %d after nix-store --gc (diff %s/{apply,gc}.valid)\n' \
-    "valid paths after:" "$(wc -l <"$work/apply.valid")" "$(wc -l <"$work/gc.valid")" "$work"
-  exit 1
-fi
+
+wall() { awk '{ print $1 }' "$work/$1.time"; }
+cpu() { awk '{ printf "%.1f", $2 + $3 }' "$work/$1.time"; }
+mib() { awk '{ printf "%d", $4 / 1024 }' "$work/$1.time"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) b = 0.001; printf "%.2f", a / b }'; }
+
+echo
+echo "$paths paths (seed $seed), $planned deleted; .links: $links entries, $links_after after"
+echo
+echo "| store | what | wall s | CPU s | peak MiB |"
+echo "|---|---|---:|---:|---:|"
+row() { echo "| $1 | $2 | $(wall "$3") | $(cpu "$3") | $(mib "$3") |"; }
+row plain '`storegc plan --out` (once, before the copies)' plan
+row plain '`storegc apply --delete-with storegc` (engine)' engine
+row plain '`storegc apply --delete-with nix-store`' nixstore
+row plain '`nix-store --gc`' gc
+row plain 'floor: one SQL transaction, then `rm -rf` x2' floor
+row optimised '`storegc apply --delete-with storegc` (engine)' engine_opt
+row optimised '`nix-store --gc`' gc_opt
+echo
+r_gc=$(ratio "$(wall gc)" "$(wall engine)")
+r_floor=$(ratio "$(wall engine)" "$(wall floor)")
+r_nix=$(ratio "$(wall nixstore)" "$(wall engine)")
+r_opt=$(ratio "$(wall gc_opt)" "$(wall engine_opt)")
+verdict() { awk -v r="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? r >= t : r <= t; print ok ? "met" : "MISSED" }'; }
+echo "- engine vs \`nix-store --gc\`: ${r_gc}x faster (target >= 3x: $(verdict "$r_gc" 3 '>='))"
+echo "- engine vs the floor: ${r_floor}x the floor's time (target <= 1.3x: $(verdict "$r_floor" 1.3 '<='))"
+echo "- engine vs the nix-store backend: ${r_nix}x faster"
+echo "- optimised store: engine ${r_opt}x faster than \`nix-store --gc\`"
+echo "- valid paths after every run: identical ($(wc -l <"$work/want.valid") paths)"

@@ -46,7 +46,7 @@ for n in "${sizes[@]}"; do
   root="$cache/store-$n$suffix"
   if [ ! -f "$root/.complete" ]; then
     rm -rf "$root"
-    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 $files "$root" >/dev/null
+    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 --modelled-nar-sizes $files "$root" >/dev/null
     touch "$root/.complete"
   fi
   root=$(cd "$root" && pwd)

@@ -69,7 +69,7 @@ fn phases(c: &mut Criterion) {
         proc_dir: Some(PathBuf::from("/proc")),
     };
     g.bench_function("roots (gcroots, profiles, /proc, temp)", |b| {
-        b.iter(|| find_roots(&sources).unwrap())
+        b.iter(|| find_roots(&sources).unwrap().roots)
     });
 
     let state = load(&s, &LoadOptions::default()).unwrap();

@@ -36,7 +36,7 @@ run() {
   local root=$1 ids=$2
   if [ ! -f "$root/.complete" ]; then
     rm -rf "$root"
-    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 --no-files \
+    "$bin/storegc-synth" --paths "$n" --seed 1 --generations 5 --modelled-nar-sizes --no-files \
       --sparse-ids "$ids" "$root" >/dev/null
     touch "$root/.complete"
   fi

@@ -69,6 +69,13 @@
     maxPlanAge = "1h";
     reportDir = "/var/log/storegc";
     keepReports = 30;
+    # Every 5 minutes: when the store's filesystem has less than 10% free,
+    # plan and apply the shipped low-disk policy (largest paths first,
+    # until 15% is free, protected closures untouched).
+    lowDisk = {
+      enable = true;
+      below = "10%";
+    };
     # One worker thread: Harmonia and the runner's builds come first.
     extraArgs = [
       "--threads"

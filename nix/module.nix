@@ -10,6 +10,9 @@
 # keeps the newest keepReports of each. When a closure list changes (the
 # CI job that builds the fleet's systems replaces it), a second unit plans
 # without deleting and writes reportDir/preview.md for that job's summary.
+# With lowDisk.enable, a third unit runs every few minutes and, only while
+# the store's filesystem has less than lowDisk.below available, plans and
+# applies the low-disk policy.
 # See nix/example-nix-cache02.nix and the README's "Deployment" section.
 {
   config,
@@ -62,18 +65,25 @@ let
   # nixos-rebuild instead of the nightly run. Only for a policy known at
   # build time (not a policyFile string naming a file on the host), and
   # only when the build platform can run the host's storegc.
-  canCheck =
-    (cfg.policyFile == null || builtins.isPath cfg.policyFile)
-    && pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
-  policy =
-    if canCheck then
-      pkgs.runCommand "storegc-policy.toml" { nativeBuildInputs = [ cfg.package ]; } ''
-        storegc policy check ${rawPolicy}
-        cp ${rawPolicy} "$out"
-      ''
-    else
-      rawPolicy;
+  canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+  checkPolicy =
+    name: file:
+    pkgs.runCommand name { nativeBuildInputs = [ cfg.package ]; } ''
+      storegc policy check ${file}
+      cp ${file} "$out"
+    '';
+  canCheck = (cfg.policyFile == null || builtins.isPath cfg.policyFile) && canRun;
+  policy = if canCheck then checkPolicy "storegc-policy.toml" rawPolicy else rawPolicy;
   policyPath = "/etc/storegc/policy.toml";
+
+  # The low-disk run's policy, checked the same way when it is a Nix path;
+  # at /etc/storegc/low-disk.toml, where manual runs find it too.
+  lowDiskPolicy =
+    if builtins.isPath cfg.lowDisk.policy && canRun then
+      checkPolicy "storegc-low-disk.toml" cfg.lowDisk.policy
+    else
+      cfg.lowDisk.policy;
+  lowDiskPolicyPath = "/etc/storegc/low-disk.toml";
 
   scriptInputs = [
     cfg.package
@@ -97,7 +107,13 @@ let
     cfg.closureLists ++ optionals (cfg.policy != null) (cfg.policy.protect.closure-lists or [ ])
   );
 
-  local = !cfg.deleteThroughDaemon;
+  # Who deletes: storegc's engine (Nix's GC protocol, in this process) or
+  # nix-store, locally or through nix-daemon.
+  engine = cfg.deleteWith == "storegc";
+  throughDaemon = !engine && cfg.deleteThroughDaemon;
+  # This process writes /nix/store itself, remounting it read-write in a
+  # private mount namespace (NixOS mounts it read-only), as Nix does.
+  local = !throughDaemon;
 
   # Hardening shared by the nightly and the preview unit. storegc runs as
   # root (not DynamicUser): it must see every GC root Nix honours, and
@@ -112,7 +128,7 @@ let
     ReadWritePaths = [
       "/nix/var/nix"
       cfg.reportDir
-    ] ++ optional local "/nix/store";
+    ] ++ optional local "/nix/store" ++ optional (cfg.metricsDir != null) cfg.metricsDir;
     # Read-only, not true/tmpfs: indirect roots (`result` links made by
     # nix build) live in home directories, and a root whose link storegc
     # cannot see would count as gone.
@@ -139,18 +155,19 @@ let
     #   directories and /var/lib/private (indirect roots);
     # - CAP_DAC_OVERRIDE, CAP_FOWNER: remove expired roots in directories
     #   owned by other users (per-user profiles, gcroots/per-user);
-    # - deleting without the daemon also needs CAP_SYS_ADMIN (Nix remounts
-    #   a read-only /nix/store writable in a private mount namespace) and
-    #   CAP_CHOWN (Nix fixes the store's ownership on open).
+    # - deleting in this process (deleteWith = "storegc", or a local
+    #   nix-store) also needs CAP_SYS_ADMIN, for one thing only: remounting
+    #   the read-only /nix/store writable in a private mount namespace
+    #   (unshare(CLONE_NEWNS), then mount(MS_REMOUNT|MS_BIND)), as Nix
+    #   does; a local nix-store also needs CAP_CHOWN (it fixes the store's
+    #   ownership on open), storegc's engine does not.
     CapabilityBoundingSet = [
       "CAP_SYS_PTRACE"
       "CAP_DAC_READ_SEARCH"
       "CAP_DAC_OVERRIDE"
       "CAP_FOWNER"
-    ] ++ optionals local [
-      "CAP_SYS_ADMIN"
-      "CAP_CHOWN"
-    ];
+    ] ++ optional local "CAP_SYS_ADMIN"
+    ++ optional (local && !engine) "CAP_CHOWN";
     # Nix's private remount needs a mount namespace; nothing else does.
     RestrictNamespaces = if local then [ "mnt" ] else true;
     ProtectKernelTunables = true; # /proc/sys stays readable
@@ -184,14 +201,22 @@ let
     STOREGC_KEEP_REPORTS = toString cfg.keepReports;
     STOREGC_MAX_PLAN_AGE = cfg.maxPlanAge;
   }
-  // optionalAttrs cfg.deleteThroughDaemon {
+  // optionalAttrs (cfg.metricsDir != null) {
+    # storegc-<run>-plan.prom and storegc-<run>-apply.prom, run being
+    # nightly or low-disk (the preview writes none).
+    STOREGC_METRICS_DIR = cfg.metricsDir;
+  }
+  // {
+    STOREGC_DELETE_WITH = cfg.deleteWith;
+  }
+  // optionalAttrs throughDaemon {
     # nix-store --delete goes through nix-daemon, which already has
     # /nix/store mounted writable and re-checks liveness (its own view of
     # /proc included) under the GC lock.
     NIX_REMOTE = "daemon";
   };
 
-  daemonUnits = optionals cfg.deleteThroughDaemon [ "nix-daemon.socket" ];
+  daemonUnits = optionals throughDaemon [ "nix-daemon.socket" ];
 
   # The units that may write the closure list: the ones named as systemd
   # has them, and each runner instance's unit as NixOS's
@@ -340,16 +365,86 @@ in
       description = "Extra arguments to `storegc plan` (nightly and preview), e.g. a budget or `--threads 1`.";
     };
 
+    deleteWith = mkOption {
+      type = types.enum [
+        "storegc"
+        "nix-store"
+      ];
+      default = "storegc";
+      description = ''
+        `storegc apply --delete-with`: "storegc" deletes in this process
+        under Nix's own GC protocol (GC lock, gc-socket, database rows
+        before files), remounting the read-only /nix/store writable in a
+        private mount namespace, for which the unit gets CAP_SYS_ADMIN and
+        the mount system calls; "nix-store" hands batches to
+        `nix-store --delete` (see deleteThroughDaemon).
+      '';
+    };
+
     deleteThroughDaemon = mkOption {
       type = types.bool;
       default = true;
       description = ''
-        Run `nix-store --delete` with NIX_REMOTE=daemon. NixOS mounts
+        With deleteWith = "nix-store": run `nix-store --delete` with NIX_REMOTE=daemon. NixOS mounts
         /nix/store read-only; a local nix-store as root would remount it
         in a private mount namespace, which needs CAP_SYS_ADMIN. Through
         the daemon the unit keeps no such capability and /nix/store stays
         read-only to it. Set to false only without nix-daemon.
       '';
+    };
+
+    metricsDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter-text-files";
+      description = ''
+        The folder of node_exporter's textfile collector
+        (`--collector.textfile.directory`): each run writes
+        storegc-nightly-plan.prom and storegc-nightly-apply.prom there
+        (storegc-low-disk-*.prom for the low-disk run), atomically, with
+        the last run's time, duration and result, what was planned and
+        deleted per reason, what was kept per protection, the store's
+        size and failures. Created (root, 0755) when missing. Off (null)
+        by default.
+      '';
+    };
+
+    lowDisk = {
+      enable = mkEnableOption "a low-disk run: every `lowDisk.interval`, plan and apply `lowDisk.policy`, but only while the store's filesystem has less than `lowDisk.below` available";
+
+      below = mkOption {
+        type = types.str;
+        default = "10%";
+        example = "50GiB";
+        description = ''
+          `storegc plan --only-if-available-below`: the run does anything
+          only while the store's filesystem has less than this available,
+          a size ("50GiB") or a share of the filesystem ("10%"). Above it
+          the run only reads statvfs and ends ("nothing to do").
+        '';
+      };
+
+      policy = mkOption {
+        type = types.path;
+        default = "${cfg.package}/share/storegc/policies/low-disk.toml";
+        defaultText = literalExpression ''"''${cfg.package}/share/storegc/policies/low-disk.toml"'';
+        description = ''
+          The policy of the low-disk run (a budget such as `until-free =
+          "15%"` says how much to free), installed as
+          /etc/storegc/low-disk.toml in place of `extraPolicies.low-disk`.
+          Checked with `storegc policy check` at build time when it is a
+          Nix path. The shipped one protects the closure list
+          /var/lib/storegc/nixos-configurations.txt: while it is missing
+          a low-disk run that has something to do fails (exit 2, nothing
+          deleted); above the threshold the run ends before reading it.
+        '';
+      };
+
+      interval = mkOption {
+        type = types.str;
+        default = "5min";
+        description = "How long after boot, and after each low-disk run ends, the next one starts (systemd.time(7) time span).";
+      };
     };
 
     previewOnChange = mkOption {
@@ -388,7 +483,15 @@ in
           message = "services.storegc: closureLists is added to `policy`; with policyFile, list them in the file's [protect] closure-lists.";
         }
         {
-          assertion = cfg.deleteThroughDaemon -> config.nix.enable;
+          # What `storegc plan --only-if-available-below` takes, so a typo
+          # fails the rebuild rather than every low-disk run.
+          assertion =
+            !cfg.lowDisk.enable
+            || builtins.match "[0-9]+(\\.[0-9]+)? *(%|[BbKkMmGgTtPp]|[KkMmGgTtPp][Ii]?[Bb])?" cfg.lowDisk.below != null;
+          message = "services.storegc.lowDisk.below: '${cfg.lowDisk.below}' is neither a size (\"50GiB\") nor a percentage (\"10%\").";
+        }
+        {
+          assertion = throughDaemon -> config.nix.enable;
           message = "services.storegc: deleteThroughDaemon needs nix-daemon (nix.enable).";
         }
       ];
@@ -401,7 +504,8 @@ in
         {
           "storegc/policy.toml".source = policy;
         }
-        // mapAttrs' (name: file: nameValuePair "storegc/${name}.toml" { source = file; }) cfg.extraPolicies;
+        // mapAttrs' (name: file: nameValuePair "storegc/${name}.toml" { source = file; }) cfg.extraPolicies
+        // optionalAttrs cfg.lowDisk.enable { "storegc/low-disk.toml".source = lowDiskPolicy; };
 
       users.groups = mkIf (cfg.closureListGroup == "storegc") { storegc = { }; };
 
@@ -409,7 +513,7 @@ in
         # setgid: lists written by the CI job keep the group.
         "d ${stateDir} 2775 root ${cfg.closureListGroup} - -"
         "d ${cfg.reportDir} 0755 root root - -"
-      ];
+      ] ++ optional (cfg.metricsDir != null) "d ${cfg.metricsDir} 0755 root root - -";
 
       systemd.services.storegc = {
         description = "storegc: plan and apply the Nix store GC policy";
@@ -430,6 +534,44 @@ in
         RandomizedDelaySec = cfg.randomizedDelaySec;
       };
     }
+
+    (mkIf cfg.lowDisk.enable {
+      # The nightly script with --only-if-available-below: above the
+      # threshold plan reads statvfs, says "nothing to do" and writes no
+      # plan, so nothing is applied. Reports go to reportDir as
+      # low-disk-plan-*.json and low-disk-report-*.md, kept apart from
+      # the nightly ones. A run while the nightly one applies is refused
+      # by apply's lock and retried at the next interval.
+      systemd.services.storegc-low-disk = {
+        description = "storegc: plan and apply the low-disk policy when free space is low";
+        documentation = [ "man:storegc(1)" ];
+        after = daemonUnits;
+        wants = daemonUnits;
+        environment = environment // {
+          STOREGC_POLICY = lowDiskPolicyPath;
+          STOREGC_RUN_NAME = "low-disk";
+        };
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          ExecStart = utils.escapeSystemdExecArgs (
+            [
+              "${nightly}/bin/storegc-nightly"
+              "--only-if-available-below"
+              cfg.lowDisk.below
+            ]
+            ++ cfg.extraArgs
+          );
+        };
+      };
+      systemd.timers.storegc-low-disk = {
+        description = "storegc: check for low disk space every ${cfg.lowDisk.interval}";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnBootSec = cfg.lowDisk.interval;
+          OnUnitInactiveSec = cfg.lowDisk.interval;
+        };
+      };
+    })
 
     {
       systemd.services = genAttrs writerUnits (_: {

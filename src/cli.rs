@@ -53,9 +53,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// List every GC root Nix honours
     Roots(RootsArgs),
-    /// Delete what a plan lets go, through `nix-store --delete`, after
-    /// re-checking it against the store as it is now
+    /// Delete what a plan lets go, after re-checking it against the store
+    /// as it is now
     Apply(ApplyArgs),
+    /// Under Nix's GC lock, remove store entries no database row names and
+    /// nothing holds (what a crash of apply leaves), and unused `.links`
+    Repair(RepairArgs),
     /// Generate a synthetic store in a temporary folder and plan on it
     Demo(DemoArgs),
     /// Why is a path alive, protected or deletable?
@@ -109,12 +112,14 @@ pub struct PolicyArgs {
     /// `nix-store --gc` would
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// Stop after this many bytes (narSize), e.g. 100GiB
-    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
-    pub max_freed: Option<u64>,
-    /// Only free until the store's filesystem has this much available
-    #[arg(long, value_name = "SIZE", value_parser = crate::policy::parse_size)]
-    pub until_free: Option<u64>,
+    /// Stop after this many bytes (narSize), e.g. 100GiB, or this share
+    /// of the store's filesystem, e.g. 10%
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub max_freed: Option<crate::policy::Amount>,
+    /// Only free until the store's filesystem has this much available,
+    /// e.g. 200GiB or 15%
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub until_free: Option<crate::policy::Amount>,
     /// Which deletable paths the budget takes first
     #[arg(long, value_name = "ORDER", value_parser = order_parser())]
     pub order: Option<crate::policy::Order>,
@@ -151,9 +156,10 @@ pub struct ApplyArgs {
     /// than ARG_MAX leaves); for tests that want many batches
     #[arg(long, value_name = "BYTES", hide = true)]
     pub batch_bytes: Option<usize>,
-    /// Who deletes: nix-store --delete, or storegc's own engine (Nix's
-    /// GC lock and gc-socket, rows then files)
-    #[arg(long, value_enum, default_value_t = crate::apply::DeleteWith::NixStore)]
+    /// Who deletes: storegc's own engine (Nix's GC lock and gc-socket,
+    /// database rows then files, in chunks), or nix-store --delete (its
+    /// meaning follows the installed Nix; slower)
+    #[arg(long, value_enum, default_value_t = crate::apply::DeleteWith::Storegc)]
     pub delete_with: crate::apply::DeleteWith,
     /// With --delete-with storegc: give up (exit 2, nothing deleted) when
     /// Nix's GC lock is still held after this long [default: wait]
@@ -162,6 +168,46 @@ pub struct ApplyArgs {
     /// With --delete-with storegc: paths per database transaction
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk_size: usize,
+    /// Delete even when the runtime roots of some processes could not be
+    /// read (storegc is not root, or a process even root may not look
+    /// into, as in some containers): a path only such a process uses may go
+    #[arg(long, env = "STOREGC_ALLOW_INCOMPLETE_ROOTS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_incomplete_roots: bool,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    #[command(flatten)]
+    pub vacuum: VacuumArg,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArg {
+    /// At the end, under Nix's GC lock, rebuild the store database when at
+    /// least a quarter of its file is free pages (deleting rows leaves them
+    /// free; SQLite reuses them but never shrinks the file)
+    ///
+    /// Off by default: the store database is in WAL mode, so VACUUM writes
+    /// the whole rebuilt database into the WAL, which grows as big as the
+    /// database and cannot be checkpointed back while any reader (a
+    /// nix-daemon worker, Harmonia) holds a snapshot; for that while the
+    /// disk needs room for a second copy of the database.
+    #[arg(long)]
+    pub vacuum: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Give up (exit 2, nothing changed) when Nix's GC lock is still held
+    /// after this long [default: wait]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub vacuum: VacuumArg,
+    /// Report format on stdout
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -201,6 +247,16 @@ pub struct PlanArgs {
     /// generated demo store instead (as `storegc demo`) rather than failing
     #[arg(long)]
     pub demo_if_no_store: bool,
+    /// Plan only when the store's filesystem has less than this available
+    /// (e.g. 50GiB or 10%); otherwise say "nothing to do" on stderr, write
+    /// no plan and exit 0 (for a low-disk timer)
+    #[arg(long, value_name = "SIZE|PCT", value_parser = crate::policy::Amount::parse)]
+    pub only_if_available_below: Option<crate::policy::Amount>,
+    /// Also write metrics of this run to FILE in Prometheus text format
+    /// (node_exporter's textfile collector), atomically; also when the
+    /// run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

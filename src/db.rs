@@ -36,6 +36,18 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Not root, the db folder not writable, and a write-ahead log with
+    /// commits but no `-shm` index beside the database: SQLite cannot read
+    /// the log without creating the index.
+    #[error(
+        "{0}: the database has a write-ahead log that SQLite can read only where it may create \
+         db.sqlite-shm beside it; run as root (or as the store's owner)"
+    )]
+    WalUnreadable(PathBuf),
+    /// Read without locks (no WAL, folder not writable), the database file
+    /// changed under every try: no consistent snapshot.
+    #[error("{0}: the database kept changing while it was read without locks; try again, or run as root")]
+    Unsettled(PathBuf),
     #[error("{db}: Refs holds id {id}, outside the range storegc reads (0 to 4294967294)")]
     IdRange { db: PathBuf, id: i64 },
     #[error("{db}: path '{path}' is not a store path under {store_dir} (wrong --store-dir?)")]
@@ -250,13 +262,108 @@ pub fn read_snapshot(
 /// comes from `ValidPaths.deriver`), and it is about half as many rows as
 /// `ValidPaths`, each with a path to parse. Without it,
 /// [`Snapshot::drv_outputs`] is empty.
+///
+/// A reader that may not write the db folder (not root) and finds no
+/// `-wal`/`-shm` files (Nix idle) cannot open the database the usual way
+/// (SQLite must create the `-shm` index: `SQLITE_READONLY_DIRECTORY`);
+/// then [`read_unlocked`] reads it.
 pub fn read_snapshot_with(
     state_dir: &Path,
     store_dir: &StoreDir,
     busy_timeout: Duration,
     derivation_outputs: bool,
 ) -> Result<Snapshot, DbError> {
-    read_snapshot_parallel(state_dir, store_dir, busy_timeout, derivation_outputs)
+    match read_snapshot_parallel(state_dir, store_dir, busy_timeout, derivation_outputs) {
+        Err(DbError::Sqlite { source, .. }) if is_read_only(&source) => {
+            read_unlocked(state_dir, store_dir, derivation_outputs)
+        }
+        other => other,
+    }
+}
+
+/// `SQLITE_READONLY` (any extended code): SQLite needed to write, here
+/// to create the WAL index beside a read-only connection's database.
+fn is_read_only(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)
+}
+
+/// What says a file did not change: inode, size, mtime (ns).
+fn stamp(path: &Path) -> Result<(u64, u64, i64, i64), DbError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| DbError::StateDir(path.to_path_buf(), e))?;
+    Ok((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Reads a WAL database whose folder we may not write, when no
+/// write-ahead log is beside it: with SQLite's `immutable` flag (no locks,
+/// no `-shm`), which reads the main file alone. That file holds every
+/// commit while there is no log, and Nix writes it only when it
+/// checkpoints a log; new commits go to a new log first. So a read during
+/// which the file's inode, size and mtime stayed the same is one
+/// consistent state: the state before any commit still in the log.
+/// Otherwise it is read again (four tries). A log with commits but no
+/// `-shm` (a crashed writer's leftover) cannot be read this way:
+/// [`DbError::WalUnreadable`].
+///
+/// Cost: one [`read_snapshot_from`] per try, on one thread.
+pub fn read_unlocked(
+    state_dir: &Path,
+    store_dir: &StoreDir,
+    derivation_outputs: bool,
+) -> Result<Snapshot, DbError> {
+    let path = db_path(state_dir);
+    let wal = path.with_extension("sqlite-wal");
+    for attempt in 0..4 {
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(DbError::WalUnreadable(path));
+        }
+        let before = stamp(&path)?;
+        let snap = {
+            let conn = open_immutable(&path)?;
+            read_snapshot_from(&conn, &path, store_dir, derivation_outputs)?
+        };
+        if stamp(&path)? == before {
+            return Ok(snap);
+        }
+        tracing::debug!(
+            attempt,
+            "the database changed while read without locks; retrying"
+        );
+    }
+    Err(DbError::Unsettled(path))
+}
+
+/// Opens `path` read-only with `immutable=1`: no locks, no `-shm`.
+fn open_immutable(path: &Path) -> Result<Connection, DbError> {
+    let sql = |source| DbError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let uri = format!(
+        "file:{}?mode=ro&immutable=1",
+        uri_escape(&path.to_string_lossy())
+    );
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(sql)
+}
+
+/// Escapes a file name for a SQLite URI (`%`, `?`, `#` and anything not
+/// printable ASCII as `%XX`). O(len).
+fn uri_escape(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for b in p.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// [`read_snapshot_with`] on an open connection, on one thread; `db` names

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod explain;
 pub mod graph;
 pub mod load;
+pub mod metrics;
 pub mod paths;
 pub mod plan;
 pub mod policy;

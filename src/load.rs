@@ -34,9 +34,18 @@ pub struct StoreState {
     /// `(index into roots, id)` for the roots whose path is valid.
     pub root_ids: Vec<(usize, PathId)>,
     pub graph: Graph,
+    /// Processes whose runtime roots could not be read (not running as
+    /// root): the roots are incomplete when this is not empty. Sorted.
+    pub unreadable_processes: Vec<u32>,
 }
 
 impl StoreState {
+    /// The plan warning for processes whose roots could not be read, if
+    /// any (see [`roots::incomplete_warning`]).
+    pub fn incomplete_roots_warning(&self) -> Option<String> {
+        roots::incomplete_warning(&self.unreadable_processes)
+    }
+
     /// The roots `nix-store --gc --print-roots` lists: those whose store
     /// path is valid, and every temp root (Nix lists temp roots without
     /// checking validity). Sorted, as `roots` is. O(r).
@@ -113,7 +122,10 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
         },
     );
     let snap = snap?;
-    let roots = roots?;
+    let roots::FoundRoots {
+        roots,
+        unreadable_processes,
+    } = roots?;
     let root_ids = roots::resolve(&roots, &settings.store_dir, &snap.paths);
     let graph = tracing::info_span!("graph").in_scope(|| Graph::build(&snap, settings.gc));
     tracing::info!(
@@ -128,6 +140,7 @@ pub fn load(settings: &Settings, opts: &LoadOptions) -> Result<StoreState, LoadE
         roots,
         root_ids,
         graph,
+        unreadable_processes,
     })
 }
 

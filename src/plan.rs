@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::Snapshot;
 use crate::policy::{BudgetOutcome, ByReason, Decision, InputFile, InputKind, Kept, Tally};
-use crate::roots::{Root, RootKind};
+use crate::roots::{ListedRoot, Root, RootKind};
 use crate::settings::GcSettings;
 use crate::store_path::StoreDir;
 
@@ -50,6 +50,11 @@ pub struct Plan {
     /// How the budget was applied, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<PlanBudget>,
+    /// Processes whose runtime roots could not be read (storegc was not
+    /// root): the plan may hold paths only they use. 0 (left out of the
+    /// file) when every process was read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable_processes: u64,
     /// The rollback window (`select.dead-for`), if the policy has one;
     /// `apply` re-reads its state file and keeps what it keeps then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +63,10 @@ pub struct Plan {
     /// not valid yet).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,14 +136,34 @@ pub struct PlanRoot {
     pub link: String,
     /// The store path held.
     pub target: String,
+    /// The most direct way the link was found.
     pub kind: PlanRootKind,
-    /// For an indirect root: the entry under `gcroots/` pointing to `link`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
+    /// The entries (under `gcroots/`, `profiles/`) pointing to `link`,
+    /// sorted; a plan of an earlier storegc holds one as a string.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub via: Vec<String>,
 }
 
-impl From<&Root> for PlanRoot {
-    fn from(r: &Root) -> PlanRoot {
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl From<&ListedRoot> for PlanRoot {
+    fn from(r: &ListedRoot) -> PlanRoot {
         PlanRoot {
             link: r.link.clone(),
             target: r.target.clone(),
@@ -375,6 +404,9 @@ pub struct PlanMeta {
     pub inputs: Vec<PlanInput>,
     /// Warnings from reading nix.conf; they come first in the plan's.
     pub settings_warnings: Vec<String>,
+    /// Processes whose runtime roots could not be read, sorted; a warning
+    /// leads the plan's when there are any.
+    pub unreadable_processes: Vec<u32>,
     /// The dead-since state file, when the policy has a rollback window.
     pub state_file: Option<String>,
 }
@@ -429,8 +461,10 @@ impl Plan {
         for d in &deletions {
             totals += d;
         }
-        let mut roots: Vec<PlanRoot> = roots.iter().map(PlanRoot::from).collect();
-        roots.sort();
+        let roots: Vec<PlanRoot> = crate::roots::list(roots)
+            .iter()
+            .map(PlanRoot::from)
+            .collect();
         // One entry per link: Nix 2.8's `nix-env -p` also registers each
         // generation under gcroots/auto, so a generation is found twice.
         let mut expired_roots = expired;
@@ -461,11 +495,11 @@ impl Plan {
                 first_run: w.first_run,
                 tracked_paths: w.tracked,
             }),
-            warnings: meta
-                .settings_warnings
-                .iter()
-                .chain(&decision.warnings)
-                .cloned()
+            unreadable_processes: meta.unreadable_processes.len() as u64,
+            warnings: crate::roots::incomplete_warning(&meta.unreadable_processes)
+                .into_iter()
+                .chain(meta.settings_warnings.iter().cloned())
+                .chain(decision.warnings.iter().cloned())
                 .chain(
                     (snap.ca_by_name && meta.gc.keep_outputs)
                         .then(|| CA_BY_NAME_WARNING.to_string()),
@@ -513,6 +547,7 @@ mod tests {
             policy: None,
             inputs: vec![],
             settings_warnings: vec!["s".into()],
+            unreadable_processes: vec![],
             state_file: None,
         };
         let decision = Decision {
@@ -530,7 +565,44 @@ mod tests {
             }
         );
         assert_eq!(plan.created, "1970-01-02T00:00:00Z");
+        assert_eq!(plan.warnings, vec!["s".to_string()]);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(!json.contains("unreadable_processes"), "{json}");
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+        // Processes that could not be read: counted, and the first warning.
+        let meta = PlanMeta {
+            unreadable_processes: vec![1, 7],
+            ..meta
+        };
+        let plan = Plan::build(&meta, &snap, &[], vec![], &decision);
+        assert_eq!(plan.unreadable_processes, 2);
+        assert!(
+            plan.warnings[0]
+                .starts_with("roots incomplete: 2 processes could not be read (e.g. /proc/1:"),
+            "{:?}",
+            plan.warnings
+        );
+        assert_eq!(plan.warnings[1], "s");
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+    }
+
+    /// A plan of an earlier storegc names one `via` as a string; it reads
+    /// as a list of one, and an absent one as none.
+    #[test]
+    fn a_root_via_reads_as_a_string_or_a_list() {
+        let one: PlanRoot = serde_json::from_str(
+            r#"{"link": "/l", "target": "/t", "kind": "indirect", "via": "/v/gcroots/auto/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(one.via, vec!["/v/gcroots/auto/x".to_string()]);
+        let many: PlanRoot = serde_json::from_str(
+            r#"{"link": "/l", "target": "/t", "kind": "profile", "via": ["/a", "/b"]}"#,
+        )
+        .unwrap();
+        assert_eq!(many.via.len(), 2);
+        let none: PlanRoot =
+            serde_json::from_str(r#"{"link": "/l", "target": "/t", "kind": "gcroot"}"#).unwrap();
+        assert!(none.via.is_empty());
     }
 }

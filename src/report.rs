@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::plan::{Deletion, ExpiredKind, Plan, PlanRoot, PlanRootKind};
-use crate::roots::Root;
+use crate::roots::ListedRoot;
 use crate::store_path::{parse_basename, StoreDir, HASH_LEN};
 
 /// Columns of the text report.
@@ -154,7 +154,10 @@ pub fn text(plan: &Plan, largest: usize) -> String {
             out.line(l);
         }
     }
-    out.line(format!("roots: {}", plan.roots.len()));
+    out.line(format!(
+        "roots: {} (links as nix-store --gc --print-roots lists them)",
+        plan.roots.len()
+    ));
     for (kind, n) in count_kinds(&plan.roots) {
         out.line(format!("  {:<28} {n:>8}", kind.as_str()));
     }
@@ -398,20 +401,26 @@ fn count_kinds(roots: &[PlanRoot]) -> BTreeMap<PlanRootKind, usize> {
     m
 }
 
-/// `storegc roots` as text: `LINK -> TARGET (kind)`, sorted.
-pub fn roots_text(roots: &[Root]) -> String {
+/// `storegc roots` as text: `LINK -> TARGET (kind)`, then `via ENTRY`
+/// for each entry that points to the link; one line per root as
+/// `nix-store --gc --print-roots` counts them, sorted.
+pub fn roots_text(roots: &[ListedRoot]) -> String {
     let mut out = String::new();
     for r in roots {
-        let _ = writeln!(out, "{} -> {} ({})", r.link, r.target, r.kind.as_str());
+        let _ = write!(out, "{} -> {} ({}", r.link, r.target, r.kind.as_str());
+        for v in &r.via {
+            let _ = write!(out, ", via {v}");
+        }
+        out.push_str(")\n");
     }
     out
 }
 
 /// `storegc roots --format json`.
-pub fn roots_json(roots: &[Root]) -> String {
+pub fn roots_json(roots: &[ListedRoot]) -> String {
     #[derive(serde::Serialize)]
     struct Out<'a> {
-        roots: &'a [Root],
+        roots: &'a [ListedRoot],
     }
     let mut s = serde_json::to_string_pretty(&Out { roots }).expect("roots serialise");
     s.push('\n');
@@ -720,7 +729,7 @@ mod tests {
                 link: format!("{state}/profiles/{msg}"),
                 target: store_path(store, &name(0)),
                 kind: PlanRootKind::Profile,
-                via: None,
+                via: vec![],
             }],
             expired_roots: vec![
                 expired(
@@ -737,6 +746,7 @@ mod tests {
             kept: Default::default(),
             by_reason: Default::default(),
             budget: None,
+            unreadable_processes: 0,
             window: None,
             warnings: vec![format!("closure list {store}/{msg}: not valid {msg}")],
         }

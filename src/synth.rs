@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use rusqlite::{params, Connection};
+use sha2::Digest;
 
 use crate::db::{origin, PathRow, Snapshot};
 use crate::paths::PathId;
@@ -73,6 +74,21 @@ pub struct SynthSpec {
     /// ids are spread evenly up to it (as on a host with years of churn)
     /// instead of counting 1, 2, 3...; 0 keeps them dense.
     pub sparse_ids: u64,
+    /// What `ValidPaths.narSize` holds (`hash` is always the true NAR
+    /// hash of the entry as written).
+    pub nar_sizes: NarSizes,
+}
+
+/// What `ValidPaths.narSize` holds in a generated store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NarSizes {
+    /// The simulation's sizes (hundreds of bytes to hundreds of MiB, as
+    /// on a real cache), so budgets, "largest first" and reports look
+    /// real; the entries on disk are far smaller. [`snapshot`] gives these.
+    #[default]
+    Modelled,
+    /// The true NAR size of each entry as written, as Nix records it.
+    Content,
 }
 
 impl Default for SynthSpec {
@@ -88,6 +104,7 @@ impl Default for SynthSpec {
             ci_jobs: 4,
             history_days: 42,
             sparse_ids: 0,
+            nar_sizes: NarSizes::Modelled,
         }
     }
 }
@@ -611,7 +628,6 @@ const JOB_NAMES: [&str; 6] = [
 ];
 
 /// Salts for [`derived_bytes`].
-const SALT_NAR: u64 = 1;
 const SALT_CA: u64 = 2;
 const SALT_SIG: u64 = 3;
 const SALT_SIG2: u64 = 4;
@@ -1915,8 +1931,15 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> Result<SynthStore, SynthError>
     // SQLite has one writer: the store entries are written on the rayon
     // pool meanwhile.
     let ids = DbIds::new(m.len(), spec.sparse_ids);
+    let nars = nar_infos(&m, &store, spec.seed);
+    let cols = Columns {
+        seed: spec.seed,
+        ids,
+        nars: &nars,
+        sizes: spec.nar_sizes,
+    };
     let (db, files) = std::thread::scope(|s| {
-        let db = s.spawn(|| write_db(&db_dir.join("db.sqlite"), &store, &m, spec.seed, ids));
+        let db = s.spawn(|| write_db(&db_dir.join("db.sqlite"), &store, &m, &cols));
         let files = if spec.write_files {
             write_entries(&store_dir, &store, &m, spec.seed)
         } else {
@@ -1951,10 +1974,11 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> Result<SynthStore, SynthError>
     })
 }
 
-/// The text columns of one `ValidPaths` row that derive from the path.
-fn hash_column(seed: u64, name: NameId, out: &mut String) {
+/// `ValidPaths.hash` as Nix 2.8 and 2.26 write it: `sha256:` and the NAR
+/// hash in base 16 (`nix-store -q --hash` prints the same in base 32).
+fn hash_column(nar: &NarInfo, out: &mut String) {
     out.push_str("sha256:");
-    hex(&derived_bytes(seed, name, SALT_NAR), out);
+    hex(&nar.sha256, out);
 }
 
 fn ca_column(seed: u64, name: NameId, ca: Ca, out: &mut String) -> bool {
@@ -2025,13 +2049,22 @@ impl DbIds {
     }
 }
 
+/// What the `ValidPaths` columns are made from besides the model.
+struct Columns<'a> {
+    seed: u64,
+    ids: DbIds,
+    /// By model index.
+    nars: &'a [NarInfo],
+    sizes: NarSizes,
+}
+
 fn write_db(
     path: &Path,
     store: &str,
     m: &Model,
-    seed: u64,
-    ids: DbIds,
+    cols: &Columns,
 ) -> Result<(usize, usize), SynthError> {
+    let (seed, ids) = (cols.seed, cols.ids);
     let sql = |source| SynthError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -2078,7 +2111,7 @@ fn write_db(
             p.push('/');
             p.push_str(m.get(name));
             h.clear();
-            hash_column(seed, name, &mut h);
+            hash_column(&cols.nars[i], &mut h);
             d.clear();
             let deriver = (m.deriver[i] != NONE).then(|| {
                 d.push_str(store);
@@ -2104,7 +2137,10 @@ fn write_db(
                 h,
                 m.time[i],
                 deriver,
-                m.nar[i] as i64,
+                match cols.sizes {
+                    NarSizes::Modelled => m.nar[i],
+                    NarSizes::Content => cols.nars[i].size,
+                } as i64,
                 ultimate,
                 sigs,
                 ca
@@ -2315,14 +2351,9 @@ fn write_entries(store_dir: &Path, store: &str, m: &Model, seed: u64) -> Result<
     (0..m.len() as Id)
         .into_par_iter()
         .try_for_each_init(String::new, |text, id| {
-            let base = m.base(id);
-            let path = store_dir.join(base);
-            let meta = m.meta[id as usize];
-            text.clear();
-            if let Some(di) = m.drv_info(id).filter(|_| meta.kind == Kind::Derivation) {
-                aterm(m, store, seed, di, text);
-            }
-            let file = if meta.dir {
+            let path = store_dir.join(m.base(id));
+            entry_text(m, store, seed, id, text);
+            let file = if m.meta[id as usize].dir {
                 fs::create_dir(&path).map_err(io_err(&path))?;
                 path.join("info")
             } else {
@@ -2339,6 +2370,127 @@ fn write_entries(store_dir: &Path, store: &str, m: &Model, seed: u64) -> Result<
             }
             f.write_all(text.as_bytes()).map_err(io_err(&file))
         })
+}
+
+/// The text of entry `id`'s one file: a `.drv`'s ATerm, else empty.
+fn entry_text(m: &Model, store: &str, seed: u64, id: Id, text: &mut String) {
+    text.clear();
+    let meta = m.meta[id as usize];
+    if let Some(di) = m.drv_info(id).filter(|_| meta.kind == Kind::Derivation) {
+        aterm(m, store, seed, di, text);
+    }
+}
+
+/// The NAR hash and size of one store entry.
+#[derive(Debug, Clone, Copy)]
+struct NarInfo {
+    sha256: [u8; 32],
+    size: u64,
+}
+
+/// The NAR of every entry exactly as [`write_entries`] writes it (a
+/// read-only file, or a directory holding the file `info`), hashed in
+/// parallel. Cost: each entry's text made and serialised once more,
+/// O(total text) spread over the rayon pool; 40 bytes a path kept.
+fn nar_infos(m: &Model, store: &str, seed: u64) -> Vec<NarInfo> {
+    (0..m.len() as Id)
+        .into_par_iter()
+        .map_init(
+            || (String::new(), Vec::new()),
+            |(text, buf), id| {
+                entry_text(m, store, seed, id, text);
+                let file = nar::Node::File {
+                    contents: text.as_bytes(),
+                    executable: false,
+                };
+                let node = if m.meta[id as usize].dir {
+                    nar::Node::Dir(vec![("info", file)])
+                } else {
+                    file
+                };
+                buf.clear();
+                nar::serialise(&node, buf);
+                NarInfo {
+                    sha256: sha2::Sha256::digest(&buf[..]).into(),
+                    size: buf.len() as u64,
+                }
+            },
+        )
+        .collect()
+}
+
+/// Nix archives (NAR), the serialisation Nix hashes for `narHash` and
+/// counts for `narSize` (`src/libutil/archive.cc`): the string
+/// `nix-archive-1`, then the tree; every string is its length as a
+/// little-endian u64, its bytes, and zeros up to a multiple of 8.
+mod nar {
+    /// A file tree to serialise.
+    #[derive(Debug)]
+    pub enum Node<'a> {
+        File {
+            contents: &'a [u8],
+            executable: bool,
+        },
+        /// The synthetic stores have none; the tests pin the format.
+        #[cfg_attr(not(test), allow(dead_code))]
+        Symlink(&'a str),
+        /// Entries in any order; they are written sorted by name.
+        Dir(Vec<(&'a str, Node<'a>)>),
+    }
+
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s);
+        out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+    }
+
+    /// Appends the NAR of `node` to `out`. O(size of the tree), no
+    /// recursion deeper than the tree.
+    pub fn serialise(node: &Node, out: &mut Vec<u8>) {
+        string(b"nix-archive-1", out);
+        write(node, out);
+    }
+
+    fn write(node: &Node, out: &mut Vec<u8>) {
+        string(b"(", out);
+        match node {
+            Node::File {
+                contents,
+                executable,
+            } => {
+                string(b"type", out);
+                string(b"regular", out);
+                if *executable {
+                    string(b"executable", out);
+                    string(b"", out);
+                }
+                string(b"contents", out);
+                string(contents, out);
+            }
+            Node::Symlink(target) => {
+                string(b"type", out);
+                string(b"symlink", out);
+                string(b"target", out);
+                string(target.as_bytes(), out);
+            }
+            Node::Dir(entries) => {
+                string(b"type", out);
+                string(b"directory", out);
+                let mut sorted: Vec<&(&str, Node)> = entries.iter().collect();
+                sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                for (name, child) in sorted {
+                    string(b"entry", out);
+                    string(b"(", out);
+                    string(b"name", out);
+                    string(name.as_bytes(), out);
+                    string(b"node", out);
+                    write(child, out);
+                    string(b")", out);
+                }
+            }
+        }
+        string(b")", out);
+    }
 }
 
 /// Sets a symlink's (or file's) mtime without following it.
@@ -2422,6 +2574,163 @@ mod tests {
         let mut s = String::new();
         nix_base32(&bytes, &mut s);
         assert_eq!(s, "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
+    }
+
+    /// `nix-store`/`nix-hash` from `STOREGC_NIX_BIN` or PATH, run on a
+    /// throw-away store (even `--dump` opens one); `None` when Nix is not
+    /// installed (a failure under `STOREGC_REQUIRE_NIX=1`).
+    fn nix_tool(tmp: &Path, name: &str) -> Option<std::process::Command> {
+        let dir = std::env::var_os("STOREGC_NIX_BIN").filter(|d| !d.is_empty());
+        let exe = match dir {
+            Some(d) => PathBuf::from(d).join(name),
+            None => PathBuf::from(name),
+        };
+        let found = std::process::Command::new(&exe)
+            .arg("--version")
+            .env("NIX_STORE_DIR", tmp.join("nix/store"))
+            .env("NIX_STATE_DIR", tmp.join("nix/var"))
+            .env("NIX_LOG_DIR", tmp.join("nix/log"))
+            .env("NIX_CONF_DIR", tmp.join("etc"))
+            .env("NIX_REMOTE", "")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            let required = std::env::var("STOREGC_REQUIRE_NIX").is_ok_and(|v| v == "1");
+            assert!(!required, "{} is not installed", exe.display());
+            eprintln!("note: {} is not installed; skipping", exe.display());
+            return None;
+        }
+        let mut cmd = std::process::Command::new(exe);
+        cmd.env("NIX_STORE_DIR", tmp.join("nix/store"))
+            .env("NIX_STATE_DIR", tmp.join("nix/var"))
+            .env("NIX_LOG_DIR", tmp.join("nix/log"))
+            .env("NIX_CONF_DIR", tmp.join("etc"))
+            .env("NIX_REMOTE", "")
+            .env_remove("NIX_CONFIG");
+        Some(cmd)
+    }
+
+    /// Writes `node` at `path` (files 0444, executables 0555).
+    fn write_tree(path: &Path, node: &nar::Node) {
+        use std::os::unix::fs::PermissionsExt;
+        match node {
+            nar::Node::File {
+                contents,
+                executable,
+            } => {
+                fs::write(path, contents).unwrap();
+                let mode = if *executable { 0o555 } else { 0o444 };
+                fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            }
+            nar::Node::Symlink(t) => symlink(t, path).unwrap(),
+            nar::Node::Dir(entries) => {
+                fs::create_dir(path).unwrap();
+                for (name, child) in entries {
+                    write_tree(&path.join(name), child);
+                }
+            }
+        }
+    }
+
+    /// Our NAR of a small tree (every node type, names out of order and
+    /// in byte order, lengths that need padding and one that does not)
+    /// is byte for byte what `nix-store --dump` writes for the same tree
+    /// on disk, and its hash what `nix-hash --type sha256 --base32` says.
+    #[test]
+    fn nar_serialisation_matches_nix_store_dump() {
+        use nar::Node::{Dir, File, Symlink};
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("etc")).unwrap();
+        let Some(mut dump) = nix_tool(t.path(), "nix-store") else {
+            return;
+        };
+        let mut hash = nix_tool(t.path(), "nix-hash").expect("nix-hash beside nix-store");
+        let trees = [
+            File {
+                contents: b"hello\n",
+                executable: false,
+            },
+            Dir(vec![(
+                "info",
+                File {
+                    contents: b"",
+                    executable: false,
+                },
+            )]),
+            Dir(vec![
+                (
+                    "zeta",
+                    File {
+                        contents: b"exactly8",
+                        executable: true,
+                    },
+                ),
+                ("Alpha", Symlink("zeta")),
+                (
+                    "b-dir",
+                    Dir(vec![
+                        (
+                            "y",
+                            File {
+                                contents: b"",
+                                executable: false,
+                            },
+                        ),
+                        ("x", Dir(vec![])),
+                        (
+                            "deep",
+                            Dir(vec![(
+                                "f",
+                                File {
+                                    contents: &[0u8, 1, 2, 255, 7],
+                                    executable: false,
+                                },
+                            )]),
+                        ),
+                    ]),
+                ),
+                ("a", Symlink("/nonexistent/target/of-odd-length")),
+                (
+                    "_",
+                    File {
+                        contents: b"drv text with \"quotes\"\n",
+                        executable: false,
+                    },
+                ),
+            ]),
+        ];
+        for (k, tree) in trees.iter().enumerate() {
+            let path = t.path().join(format!("tree{k}"));
+            write_tree(&path, tree);
+            let mut ours = Vec::new();
+            nar::serialise(tree, &mut ours);
+            let out = dump.args(["--dump"]).arg(&path).output().unwrap();
+            dump = nix_tool(t.path(), "nix-store").unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(ours, out.stdout, "tree {k}: NAR bytes differ");
+            let out = hash
+                .args(["--type", "sha256", "--base32"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            hash = nix_tool(t.path(), "nix-hash").unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut b32 = String::new();
+            nix_base32(&sha2::Sha256::digest(&ours), &mut b32);
+            assert_eq!(
+                b32,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "tree {k}: hash"
+            );
+        }
     }
 
     #[test]

@@ -123,6 +123,13 @@ fn root_added_between_plan_and_apply_through_the_daemon() {
         local(&b.store);
         let report = run.expect_code(0).report();
         assert_same("deleted", &want, &strs(&report["deleted"]));
+        // The report says where the deleting happened.
+        let by = report["deleted_by"].as_str().unwrap_or_default();
+        assert!(
+            by.starts_with("nix-store --delete, through the"),
+            "deleted_by: {by}\n{}",
+            run.show()
+        );
         assert_same(
             "kept because live now",
             &minus(&plan, &dead_now),

@@ -179,10 +179,22 @@ impl Fleet {
         if !lock.join("apply.lock").exists() {
             std::fs::write(lock.join("apply.lock"), "").expect("lock file");
         }
+        // What Nix's GC protocol makes, which storegc's engine (the
+        // default deleter) takes before it reads the policy again, as any
+        // Nix collector does: gc.lock and the gc-socket folder (its socket
+        // is removed when the engine stops).
+        let gc = self.store.state_dir.join("gc-socket");
+        std::fs::create_dir_all(&gc).expect("gc-socket folder");
+        if !self.store.state_dir.join("gc.lock").exists() {
+            std::fs::write(self.store.state_dir.join("gc.lock"), "").expect("gc.lock");
+        }
         let db = self.store.state_dir.join("db");
         (
             Snapshot::of(&self.store.store_dir),
-            self.store.state_snapshot().ignoring_sqlite_index_in(&db),
+            self.store
+                .state_snapshot()
+                .ignoring_sqlite_index_in(&db)
+                .ignoring_mtime_of(&gc),
         )
     }
 

@@ -52,6 +52,10 @@ impl Run {
 fn apply_with(store: &NixStore, plan: &Path, extra: &[&str], path_env: Option<&str>) -> Run {
     let mut args = vec!["--quiet", "apply", plan.to_str().expect("utf-8 path")];
     args.extend(["--format", "json"]);
+    if path_env.is_some() && !extra.contains(&"--delete-with") {
+        // A stand-in nix-store on PATH: its backend.
+        args.extend(["--delete-with", "nix-store"]);
+    }
     args.extend(extra);
     let mut cmd = store.storegc(&args);
     if let Some(p) = path_env {
@@ -382,6 +386,8 @@ fn failure_after_first_batch(mode: &str) {
         "json",
         "--batch-bytes",
         "1",
+        "--delete-with",
+        "nix-store",
     ]);
     cmd.env("PATH", &path)
         .env("REAL_NIX_STORE", real_nix_store())

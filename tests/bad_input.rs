@@ -191,41 +191,16 @@ fn locked_database() {
 }
 
 /// `storegc ARGS` on `s` as a user who cannot read past a mode-000
-/// folder: the current one, or, when the tests run as root (CI does; root
-/// reads everything), `nobody` through `setpriv`. For that the store tree
-/// is opened to others (a+rX) and the binary copied into it, so nothing
-/// on the way to it needs to be readable by `nobody`.
+/// folder (see [`NixStore::unprivileged`]), with the db folder open to
+/// all so SQLite's usual read-only open works and the fault under test is
+/// the only one.
 fn storegc_unprivileged(s: &NixStore, args: &[&str]) -> Command {
-    let cmd = s.storegc(args);
-    if unsafe { libc::geteuid() } != 0 {
-        return cmd;
+    let cmd = s.unprivileged(s.storegc(args));
+    if unsafe { libc::geteuid() } == 0 {
+        let db_dir = s.state_dir.join("db");
+        std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     }
-    let bin = s.root().join("storegc-unprivileged");
-    if !bin.exists() {
-        std::fs::copy(common::storegc_bin(), &bin).expect("copying storegc");
-    }
-    common::run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(s.root()));
-    // SQLite opens Nix's WAL-mode database read-only only where it may
-    // create the `-shm` file next to it (SQLITE_READONLY_DIRECTORY
-    // otherwise): see the db folder's mode on a real multi-user store.
-    let db_dir = s.state_dir.join("db");
-    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let mut outer = Command::new("setpriv");
-    outer
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .arg(&bin)
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => outer.env(k, v),
-            None => outer.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        outer.current_dir(dir);
-    }
-    outer.stdin(std::process::Stdio::null());
-    outer
+    cmd
 }
 
 /// Gives a folder its mode back, even when an assertion fails, so the

@@ -43,6 +43,7 @@ const COMMANDS: &[&str] = &[
     "plan",
     "roots",
     "apply",
+    "repair",
     "demo",
     "explain",
     "policy",
@@ -111,6 +112,34 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
         )),
         _ => panic!("nix/check.sh failed ({}):\n{log}", out.status),
     }
+    // With a nixpkgs tree the example is also evaluated by the real
+    // <nixpkgs/nixos>; without one check.sh says it skipped that.
+    assert!(
+        log.contains("nix/check.sh: real <nixpkgs/nixos>: systemd-analyze verify: storegc")
+            || log.contains("nix/check.sh: skipped: the example under the real <nixpkgs/nixos> (no nixpkgs tree"),
+        "{log}"
+    );
+    // The units, the low-disk units and the preview path unit were among
+    // those verified.
+    if out.status.code() == Some(0) {
+        let verified = log
+            .lines()
+            .find_map(|l| l.strip_prefix("nix/check.sh: systemd-analyze verify: "))
+            .expect("check.sh names the units it verified");
+        for unit in [
+            "storegc.service",
+            "storegc.timer",
+            "storegc-low-disk.service",
+            "storegc-low-disk.timer",
+            "storegc-preview.service",
+            "storegc-preview.path",
+        ] {
+            assert!(
+                verified.split(' ').any(|u| u == unit),
+                "{unit} not verified: {verified}"
+            );
+        }
+    }
     if !eval_json.exists() {
         return;
     }
@@ -137,6 +166,15 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
     // derives the unit from the instance name; systemd-escape says how.
     let names: Vec<String> = serde_json::from_value(eval["runnerNames"].clone()).unwrap();
     let units: Vec<String> = serde_json::from_value(eval["runnerUnits"].clone()).unwrap();
+    // Several wrong option types were tried, and each was an error.
+    let type_errors: Vec<Vec<String>> = serde_json::from_value(eval["typeErrors"].clone()).unwrap();
+    assert!(type_errors.len() >= 10, "{type_errors:?}");
+    for option in ["enable", "keepReports", "lowDisk", "startAt", "policy"] {
+        assert!(
+            type_errors.iter().any(|o| o.iter().any(|n| n == option)),
+            "no wrong type of {option} tried: {type_errors:?}"
+        );
+    }
     let mut want: Vec<String> = names
         .iter()
         .map(|n| {
@@ -176,21 +214,133 @@ fn check_sh_passes_and_the_example_policy_is_valid() {
     );
 }
 
+/// A stand-in nixpkgs tree whose `nixos` renders the given units (and one
+/// unit not of storegc's, which must be left out), for the part of
+/// nix/check.sh that needs a real one. `__EXE__` in a unit's text becomes
+/// a path in the evaluation's store, which check.sh must stub.
+fn fake_nixpkgs(dir: &Path, units: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir.join("nixos")).unwrap();
+    let mut attrs = String::from("    \"other.service\".text = \"broken\";\n");
+    for (name, text) in units {
+        let text = text.replace('\n', "\\n").replace("__EXE__", "${exe}");
+        attrs.push_str(&format!("    \"{name}\".text = \"{text}\";\n"));
+    }
+    let nix = format!(
+        r#"{{ configuration }}:
+let
+  names = builtins.attrNames units;
+  units = {{
+{attrs}  }};
+  exe = "${{builtins.storeDir}}/0123456789abcdfghijklmnpqrsvwxyz-storegc-nightly/bin/storegc-nightly";
+in
+{{
+  # The test's config must at least be a module file that exists.
+  config.systemd.units = assert builtins.pathExists configuration; units;
+  pkgs.lib = {{
+    hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
+    mapAttrs = builtins.mapAttrs;
+    filterAttrs = p: s: builtins.listToAttrs (map (n: {{ name = n; value = s.${{n}}; }}) (builtins.filter (n: p n s.${{n}}) names));
+  }};
+}}
+"#
+    );
+    std::fs::write(dir.join("nixos/default.nix"), nix).unwrap();
+}
+
+/// nix/check.sh's real-nixpkgs part, run against a stand-in tree (there
+/// is no nixpkgs here): the units `<nixpkgs/nixos>` renders are written
+/// out, their store paths stubbed, and verified; a bad one fails the run.
+#[test]
+fn check_sh_verifies_the_units_a_nixpkgs_tree_renders() {
+    if !nix_available("check_sh_verifies_the_units_a_nixpkgs_tree_renders") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |tree: &Path| {
+        let out = Command::new("bash")
+            .arg(repo().join("nix/check.sh"))
+            .env("STOREGC_BIN", storegc_bin())
+            .env("STOREGC_NIXPKGS", tree)
+            .output()
+            .expect("running nix/check.sh");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), log)
+    };
+    let good = tmp.path().join("good");
+    fake_nixpkgs(
+        &good,
+        &[
+            (
+                "storegc-low-disk.service",
+                "[Unit]\nDescription=x\n[Service]\nType=oneshot\nExecStart=__EXE__ --only-if-available-below 10%%\n",
+            ),
+            (
+                "storegc-low-disk.timer",
+                "[Unit]\nDescription=x\n[Timer]\nOnBootSec=5min\nOnUnitInactiveSec=5min\n",
+            ),
+        ],
+    );
+    let (code, log) = run(&good);
+    if code == Some(3) {
+        return skip_or_fail(&format!("check.sh could not run every check:\n{log}"));
+    }
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "nix/check.sh: real <nixpkgs/nixos>: systemd-analyze verify: storegc-low-disk.service storegc-low-disk.timer\n"
+        ),
+        "{log}"
+    );
+    let bad = tmp.path().join("bad");
+    fake_nixpkgs(
+        &bad,
+        &[(
+            "storegc.service",
+            "[Unit]\nDescription=x\n[Service]\nType=oneshot\nBogusKey=1\nExecStart=__EXE__\n",
+        )],
+    );
+    let (code, log) = run(&bad);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("Unknown key"), "{log}");
+    assert!(
+        log.contains("nix/check.sh: FAIL: the example under the real <nixpkgs/nixos>"),
+        "{log}"
+    );
+    let (code, log) = run(&tmp.path().join("missing"));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("no nixos/ in the nixpkgs tree"), "{log}");
+}
+
 /// The names declared under `options.services.storegc` in nix/module.nix:
 /// each `name = mkOption {` or `name = mkEnableOption ...` at the first
-/// level of that attribute set.
+/// level of that attribute set, and `group.name` for those one level down
+/// in a `group = {` (as `lowDisk`).
 fn module_option_names() -> Vec<String> {
     let module = read("nix/module.nix");
     let start = module
         .find("options.services.storegc = {")
         .expect("options.services.storegc in nix/module.nix");
     let mut names = Vec::new();
+    let mut group: Option<String> = None;
     for line in module[start..].lines().skip(1) {
         if line == "  };" {
             break;
         }
-        // Four spaces: the first level inside `options.services.storegc`.
-        let Some(rest) = line.strip_prefix("    ") else {
+        if line == "    };" {
+            group = None;
+            continue;
+        }
+        // Four spaces: the first level inside `options.services.storegc`;
+        // six: inside a group.
+        let (indent, prefix) = match &group {
+            Some(g) => ("      ", format!("{g}.")),
+            None => ("    ", String::new()),
+        };
+        let Some(rest) = line.strip_prefix(indent) else {
             continue;
         };
         if rest.starts_with(' ') {
@@ -198,7 +348,9 @@ fn module_option_names() -> Vec<String> {
         }
         if let Some((name, value)) = rest.split_once(" = ") {
             if value.starts_with("mkOption") || value.starts_with("mkEnableOption") {
-                names.push(name.to_string());
+                names.push(format!("{prefix}{name}"));
+            } else if value == "{" && group.is_none() {
+                group = Some(name.to_string());
             }
         }
     }
@@ -292,12 +444,27 @@ fn nightly(store: &NixStore, policy: &Path, reports: &Path) -> Output {
         .command("bash")
         .arg(repo().join("nix/storegc-nightly.sh"))
         .env("STOREGC", storegc_bin())
+        // A container's pid 1 may be unreadable even to root; see
+        // NixStore::storegc.
+        .env("STOREGC_ALLOW_INCOMPLETE_ROOTS", "1")
         .env("STOREGC_POLICY", policy)
         .env("STOREGC_REPORT_DIR", reports)
         .env("STOREGC_KEEP_REPORTS", "2")
         .env("STOREGC_MAX_PLAN_AGE", "10m")
+        .env("STOREGC_METRICS_DIR", store.root().join("metrics"))
         .output()
         .expect("running storegc-nightly.sh")
+}
+
+/// The value of the sample of `metric` in `file` (the first with that
+/// name; every sample carries `command` and `policy` labels).
+fn metric(file: &Path, metric: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    text.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no {metric} in {text}"))
 }
 
 fn names(dir: &Path, prefix: &str) -> Vec<String> {
@@ -324,6 +491,8 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
     // An empty policy: exactly Nix's dead set.
     let policy = store.root().join("policy.toml");
     std::fs::write(&policy, "").unwrap();
+    let metrics = store.root().join("metrics");
+    std::fs::create_dir(&metrics).unwrap();
 
     let out = nightly(&store, &policy, &reports);
     assert!(
@@ -350,6 +519,24 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
         std::fs::read_link(reports.join("latest.md")).unwrap(),
         PathBuf::from(&report_names[0])
     );
+    // STOREGC_METRICS_DIR: both steps wrote their metrics, under the run's
+    // name, with the policy as a label.
+    let plan_prom = metrics.join("storegc-nightly-plan.prom");
+    let apply_prom = metrics.join("storegc-nightly-apply.prom");
+    assert_eq!(metric(&plan_prom, "storegc_last_run_success"), "1");
+    assert!(std::fs::read_to_string(&plan_prom)
+        .unwrap()
+        .contains(&format!(
+            "storegc_planned_paths{{command=\"plan\",policy=\"{}\",reason=\"unreachable\"}} 1\n",
+            policy.display()
+        )));
+    assert_eq!(metric(&apply_prom, "storegc_last_run_success"), "1");
+    assert!(std::fs::read_to_string(&apply_prom)
+        .unwrap()
+        .contains(&format!(
+            "storegc_deleted_paths{{command=\"apply\",policy=\"{}\",reason=\"unreachable\"}} 1\n",
+            policy.display()
+        )));
 
     // Two more runs, a second apart (the names have seconds): the oldest
     // plan and report go.
@@ -377,6 +564,94 @@ fn nightly_script_plans_applies_and_keeps_the_newest_reports() {
     let out = nightly(&store, &policy, &reports);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(names(&reports, "report-"), now);
+    assert_eq!(metric(&plan_prom, "storegc_last_run_success"), "0");
+    assert_eq!(metric(&plan_prom, "storegc_last_run_exit_code"), "2");
+}
+
+/// The low-disk run as the units make it: the nightly script under its
+/// own run name with `--only-if-available-below`. Above the threshold
+/// nothing is planned, applied or written; below it the run plans and
+/// applies like the nightly one, into files of its own name, and the
+/// nightly run's files are not pruned by it.
+#[test]
+fn low_disk_run_acts_only_below_the_threshold_under_its_own_names() {
+    if !nix_available("low_disk_run_acts_only_below_the_threshold_under_its_own_names") {
+        return;
+    }
+    let store = NixStore::new();
+    let garbage = store.add_text("garbage", "garbage");
+    let reports = store.root().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let policy = store.root().join("low-disk.toml");
+    std::fs::write(&policy, "").unwrap();
+    std::fs::write(reports.join("report-20000101T000000Z.md"), "nightly").unwrap();
+    let low_disk = |below: &str| {
+        store
+            .command("bash")
+            .arg(repo().join("nix/storegc-nightly.sh"))
+            .args(["--only-if-available-below", below])
+            .env("STOREGC", storegc_bin())
+            // A container's pid 1 may be unreadable even to root; see
+            // NixStore::storegc.
+            .env("STOREGC_ALLOW_INCOMPLETE_ROOTS", "1")
+            .env("STOREGC_POLICY", &policy)
+            .env("STOREGC_REPORT_DIR", &reports)
+            .env("STOREGC_KEEP_REPORTS", "1")
+            .env("STOREGC_RUN_NAME", "low-disk")
+            .output()
+            .expect("running storegc-nightly.sh")
+    };
+
+    // 0% is never above what is available: nothing to do.
+    let out = low_disk("0%");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing to do"), "{stderr}");
+    assert!(Path::new(&garbage).exists(), "deleted with nothing to do");
+    assert_eq!(
+        names(&reports, ""),
+        ["report-20000101T000000Z.md"],
+        "files written with nothing to do"
+    );
+
+    // 100%: a filesystem in use always has less available than its size.
+    let out = low_disk("100%");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(&garbage).exists(),
+        "the low-disk run deleted nothing"
+    );
+    let report = names(&reports, "low-disk-report-");
+    assert_eq!(report.len(), 1);
+    assert_eq!(names(&reports, "low-disk-plan-").len(), 1);
+    assert_eq!(
+        std::fs::read_link(reports.join("low-disk-latest.md")).unwrap(),
+        PathBuf::from(&report[0])
+    );
+    assert!(
+        reports.join("report-20000101T000000Z.md").exists(),
+        "the low-disk run pruned a nightly report"
+    );
+    assert!(!reports.join("latest.md").exists());
+
+    // A run name that would make odd file names is refused.
+    let out = store
+        .command("bash")
+        .arg(repo().join("nix/storegc-nightly.sh"))
+        .env("STOREGC", storegc_bin())
+        // A container's pid 1 may be unreadable even to root; see
+        // NixStore::storegc.
+        .env("STOREGC_ALLOW_INCOMPLETE_ROOTS", "1")
+        .env("STOREGC_POLICY", &policy)
+        .env("STOREGC_REPORT_DIR", &reports)
+        .env("STOREGC_RUN_NAME", "../x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
@@ -404,6 +679,9 @@ fn preview_script_plans_without_deleting_under_the_lists_hash() {
             .arg(&list)
             .args(["--", "--threads", "1"])
             .env("STOREGC", storegc_bin())
+            // A container's pid 1 may be unreadable even to root; see
+            // NixStore::storegc.
+            .env("STOREGC_ALLOW_INCOMPLETE_ROOTS", "1")
             .env("STOREGC_POLICY", policy)
             .env("STOREGC_REPORT_DIR", &reports)
             .output()

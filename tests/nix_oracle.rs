@@ -1014,3 +1014,74 @@ fn temp_root_files_of_every_naming_locked_and_stale() {
     }
     assert_eq!(dead, store.print_dead_valid());
 }
+
+/// Regression: a generation of a profile under `profiles/` is found
+/// directly, through the profile's own link and (Nix 2.8's `nix-env -p`)
+/// through `gcroots/auto`; `storegc roots` listed it two or three times
+/// where `--print-roots` lists it once. Now one root per link, with the
+/// entries that reach it as `via`, and the plan counts roots the same way.
+#[test]
+fn a_generation_reached_several_ways_is_one_root() {
+    if !common::nix_available("a_generation_reached_several_ways_is_one_root") {
+        return;
+    }
+    let store = NixStore::new();
+    let a = store.add_text("gen-a", "a\n");
+    let b = store.add_text("gen-b", "b\n");
+    let profile = store.profiles_dir().join("fleet");
+    store.set_profile(&profile, &a);
+    store.set_profile(&profile, &b);
+    let home = store.root().join("home/u");
+    std::fs::create_dir_all(&home).unwrap();
+    store.set_profile(&home.join("prof"), &a);
+    let result = home.join("result");
+    store.symlink(&result, &b);
+    store.add_gcroot_link("auto/result", &result);
+
+    let roots = store.storegc_roots();
+    let nix: BTreeSet<(String, String)> = store
+        .print_roots()
+        .into_iter()
+        .map(|r| (r.link, r.target))
+        .collect();
+    let ours: Vec<(String, String)> = roots
+        .iter()
+        .map(|r| (r.link.clone(), r.target.clone()))
+        .collect();
+    assert_eq!(
+        ours.iter().cloned().collect::<BTreeSet<_>>(),
+        nix,
+        "links and targets: {roots:#?}"
+    );
+    assert_eq!(ours.len(), nix.len(), "one line per link: {roots:#?}");
+    let gen1 = profile.with_file_name("fleet-1-link");
+    let gen1 = roots
+        .iter()
+        .find(|r| Path::new(&r.link) == gen1)
+        .unwrap_or_else(|| panic!("no root for {}: {roots:#?}", gen1.display()));
+    assert_eq!(gen1.kind, "profile", "{gen1:?}");
+    let auto = store.gcroots_dir().join("auto/result");
+    let result_root = roots
+        .iter()
+        .find(|r| Path::new(&r.link) == result)
+        .expect("the result link");
+    assert_eq!(result_root.kind, "indirect");
+    assert_eq!(result_root.via, vec![auto.display().to_string()]);
+
+    let text = common::run_ok(&mut store.storegc(&["--quiet", "plan", "--format", "text"]));
+    let count = format!(
+        "roots: {} (links as nix-store --gc --print-roots lists them)",
+        nix.len()
+    );
+    assert!(text.contains(&count), "want '{count}' in:\n{text}");
+    let listed = common::run_ok(&mut store.storegc(&["--quiet", "roots"]));
+    assert_eq!(listed.lines().count(), nix.len(), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "{} -> {b} (indirect, via {})",
+            result.display(),
+            auto.display()
+        )),
+        "{listed}"
+    );
+}

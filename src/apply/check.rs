@@ -254,6 +254,7 @@ mod tests {
             kept: Default::default(),
             by_reason: Default::default(),
             budget: None,
+            unreadable_processes: 0,
             window: None,
             warnings: vec![],
         }

@@ -243,6 +243,41 @@ pub fn remove_link(path: &str, points_to: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Removes (in a dry run: pretends to) the expired roots that the fresh
+/// scan in `before` confirms (see [`remove`]); the others are kept and
+/// reported with why. Returns the links removed.
+pub fn remove_roots(
+    expired: &[ExpiredRoot],
+    settings: &crate::settings::Settings,
+    before: &crate::load::StoreState,
+    dry_run: bool,
+    report: &mut super::ApplyReport,
+) -> std::collections::HashSet<String> {
+    let state_dir = crate::roots::gcroots::canonical_state_dir(&settings.state_dir);
+    let state_dir = state_dir.to_string_lossy();
+    let mut dropped = std::collections::HashSet::new();
+    for e in expired {
+        let checked = confirm_planned(e, &state_dir, &settings.store_dir, &before.roots)
+            .or_else(|why| confirm_points_to(e).and(Err(why)))
+            .and_then(|()| confirm_on_disk(e, &settings.store_dir));
+        let removed = checked.and_then(|()| {
+            if dry_run {
+                Ok(true)
+            } else {
+                remove_link(&e.link, &e.points_to)
+            }
+        });
+        match removed {
+            Ok(_) => {
+                dropped.insert(e.link.clone());
+                report.roots_removed.push(e.link.clone());
+            }
+            Err(why) => report.roots_kept.push((e.link.clone(), why)),
+        }
+    }
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

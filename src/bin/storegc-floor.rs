@@ -1,8 +1,17 @@
-//! `storegc-floor DB`: the physical limit for `storegc plan`'s database
-//! phase. Reads exactly the columns storegc needs from `ValidPaths` and
-//! `Refs` with rusqlite, one read transaction, and discards them (summing
-//! the integers so the reads cannot be optimised away). benches/compare.sh
+//! Physical limits, for the benchmarks to hold storegc against.
+//!
+//! `storegc-floor DB`: the limit for `storegc plan`'s database phase.
+//! Reads exactly the columns storegc needs from `ValidPaths` and `Refs`
+//! with rusqlite, one read transaction, and discards them (summing the
+//! integers so the reads cannot be optimised away). benches/compare.sh
 //! times it beside `storegc plan`.
+//!
+//! `storegc-floor --delete DB PATHS`: the database half of the limit for
+//! `storegc apply` (benches/apply.sh adds a parallel `rm -rf` of the same
+//! paths): one write transaction, foreign keys on, deleting the `Refs` of
+//! every path listed in the file PATHS (one store path a line), then their
+//! `ValidPaths` rows. No liveness check, no lock, no socket: only for a
+//! bench store whose PATHS are known dead and closed under referrers.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,20 +19,58 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags};
 
 fn main() -> ExitCode {
-    let Some(db) = std::env::args().nth(1) else {
-        eprintln!("usage: storegc-floor DB");
-        return ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (what, result) = match args.as_slice() {
+        [db] => (db.clone(), run(db)),
+        [flag, db, paths] if flag == "--delete" => (db.clone(), delete(db, paths)),
+        _ => {
+            eprintln!("usage: storegc-floor DB | storegc-floor --delete DB PATHS");
+            return ExitCode::from(2);
+        }
     };
-    match run(&db) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("storegc-floor: {db}: {e}");
+            eprintln!("storegc-floor: {what}: {e}");
             ExitCode::from(2)
         }
     }
 }
 
-fn run(db: &str) -> rusqlite::Result<()> {
+/// One transaction deleting the rows of every path in the file `paths`.
+fn delete(db: &str, paths: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let list = std::fs::read_to_string(paths).map_err(|e| format!("{paths}: {e}"))?;
+    let mut conn = Connection::open(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut ids = Vec::new();
+    {
+        let mut id_of = tx.prepare("SELECT id FROM ValidPaths WHERE path = ?1")?;
+        let mut refs = tx.prepare("DELETE FROM Refs WHERE referrer = ?1")?;
+        for p in list.lines().filter(|l| !l.is_empty()) {
+            let id: i64 = id_of
+                .query_row([p], |r| r.get(0))
+                .map_err(|e| format!("{p}: {e}"))?;
+            refs.execute([id])?;
+            ids.push(id);
+        }
+        let mut valid = tx.prepare("DELETE FROM ValidPaths WHERE id = ?1")?;
+        for &id in &ids {
+            valid.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    eprintln!(
+        "storegc-floor: deleted the rows of {} paths in {:.3}s",
+        ids.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.execute_batch("BEGIN")?;

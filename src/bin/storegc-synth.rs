@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use storegc::synth::{generate, SynthSpec};
+use storegc::synth::{generate, NarSizes, SynthSpec};
 
 /// Write a synthetic Nix store (schema 10, accepted by Nix 2.8) into ROOT.
 #[derive(Debug, Parser)]
@@ -40,6 +40,12 @@ struct Args {
     /// host with years of churn); 0 keeps them dense.
     #[arg(long, value_name = "MAX", default_value_t = 0)]
     sparse_ids: u64,
+    /// Record the simulation's sizes in `narSize` (up to hundreds of MiB
+    /// a path, as on a real cache, so budgets bite) instead of the true
+    /// NAR sizes of the small entries written. `hash` is the true NAR
+    /// hash either way, so `nix-store --verify --check-contents` is clean.
+    #[arg(long)]
+    modelled_nar_sizes: bool,
     /// Folder to create the store in (must be empty or missing).
     root: PathBuf,
 }
@@ -70,6 +76,11 @@ fn run(args: Args) -> Result<(), storegc::synth::SynthError> {
         now,
         write_files: !args.no_files,
         sparse_ids: args.sparse_ids,
+        nar_sizes: if args.modelled_nar_sizes {
+            NarSizes::Modelled
+        } else {
+            NarSizes::Content
+        },
         ..SynthSpec::default()
     };
     let start = Instant::now();

@@ -5,22 +5,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Result;
-use indicatif::ProgressBar;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cli::{ApplyArgs, GlobalArgs, TextOrJson};
 use crate::exit::ExitCode;
-use crate::progress::Printer;
+use crate::progress::{DeletionBar, Printer};
 use crate::report::human_bytes;
 
-struct Bar(ProgressBar);
+/// Paths and bytes deleted, chunk by chunk, on a terminal only.
+struct Bar(DeletionBar);
 
 impl Progress for Bar {
-    fn start(&self, paths: u64) {
-        self.0.set_length(paths);
+    fn start(&self, paths: u64, bytes: u64) {
+        self.0.start(paths, bytes);
     }
-    fn advance(&self, paths: u64) {
-        self.0.inc(paths);
+    fn advance(&self, paths: u64, bytes: u64) {
+        self.0.advance(paths, bytes);
     }
 }
 
@@ -53,6 +53,42 @@ fn stop_message(n: usize) -> &'static str {
 }
 
 pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
+    let (started, clock) = (super::now(), std::time::Instant::now());
+    let mut report = None;
+    let result = apply_and_report(global, args, &mut report);
+    let Some(file) = &args.metrics else {
+        return result;
+    };
+    // The plan again, for the reasons of what was deleted; a plan apply
+    // refused may not parse, and then only the run is reported.
+    let plan: Option<crate::plan::Plan> = std::fs::read(&args.plan)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let run = crate::metrics::Run {
+        command: "apply",
+        policy: plan.as_ref().and_then(|p| p.settings.policy.clone()),
+        started,
+        duration: clock.elapsed(),
+        exit: *result.as_ref().unwrap_or(&ExitCode::BadInput),
+    };
+    let metrics = crate::metrics::apply(&run, plan.as_ref(), report.as_ref());
+    match crate::metrics::write(file, &metrics.render()) {
+        Ok(()) => result,
+        // Deletions may have happened: the report is out, so say it and
+        // exit 1 rather than 2 ("nothing changed").
+        Err(e) => {
+            eprintln!("storegc: {e}");
+            result.map(|_| ExitCode::Partial)
+        }
+    }
+}
+
+/// Applies the plan, prints the report and leaves it in `out`.
+fn apply_and_report(
+    global: &GlobalArgs,
+    args: &ApplyArgs,
+    out: &mut Option<ApplyReport>,
+) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let stop = watch_signals()?;
     let opts = ApplyOptions {
@@ -70,11 +106,16 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
             .lock_timeout
             .unwrap_or(ApplyOptions::default().lock_timeout),
         chunk_size: args.chunk_size,
+        allow_incomplete_roots: args.allow_incomplete_roots,
+        vacuum: args.vacuum.vacuum,
         ..ApplyOptions::default()
     };
-    let bar = Bar(Printer::new(global.quiet, global.verbose).bar(0, "deleting"));
+    let bar = Bar(Printer::new(global.quiet, global.verbose).deletion_bar());
     let mut report = apply(&args.plan, &settings, &opts, &stop, super::now(), &bar)?;
-    bar.0.finish_and_clear();
+    bar.0.bar.finish_and_clear();
+    let remote = std::env::var("NIX_REMOTE").ok();
+    let writable = is_writable(&settings.state_dir);
+    report.deleted_by = deleted_by(args.delete_with, remote.as_deref(), writable);
     if let Err(e) = update_dead_since(&args.plan, &report) {
         report.errors.push(format!("{e:#}"));
     }
@@ -86,13 +127,54 @@ pub fn run(global: &GlobalArgs, args: &ApplyArgs) -> Result<ExitCode> {
         TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     super::write_stdout(&text)?;
-    Ok(
-        if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
-            ExitCode::Success
-        } else {
-            ExitCode::Partial
-        },
-    )
+    let code = if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
+        ExitCode::Success
+    } else {
+        ExitCode::Partial
+    };
+    *out = Some(report);
+    Ok(code)
+}
+
+/// Whether this process may write `dir` (`access(W_OK)`), as Nix's
+/// `auto` store decides between the local store and the daemon.
+fn is_writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+}
+
+/// Who deleted, in words: storegc's engine works on the local store;
+/// `nix-store` deletes where `NIX_REMOTE` sends it, and when that is unset
+/// or `auto`, locally if the state dir is writable, else through the
+/// daemon (as Nix's `auto` store decides; a `store` line in nix.conf
+/// overrides both).
+fn deleted_by(with: crate::apply::DeleteWith, remote: Option<&str>, writable: bool) -> String {
+    use crate::apply::DeleteWith;
+    match (with, remote.unwrap_or("")) {
+        (DeleteWith::Storegc, _) => {
+            "storegc's engine, on the local store (Nix's GC lock and gc-socket)".into()
+        }
+        (DeleteWith::NixStore, "daemon") => {
+            "nix-store --delete, through the Nix daemon (NIX_REMOTE=daemon)".into()
+        }
+        (DeleteWith::NixStore, r) if r.starts_with("unix://") || r.starts_with("ssh") => {
+            format!("nix-store --delete, through the store at {r} (NIX_REMOTE)")
+        }
+        (DeleteWith::NixStore, "local") => {
+            "nix-store --delete, on the local store (NIX_REMOTE=local)".into()
+        }
+        (DeleteWith::NixStore, "" | "auto") if writable => {
+            "nix-store --delete, on the local store (the state dir is writable)".into()
+        }
+        (DeleteWith::NixStore, "" | "auto") => {
+            "nix-store --delete, through the Nix daemon (the state dir is not writable)".into()
+        }
+        (DeleteWith::NixStore, r) => format!("nix-store --delete, on the store {r} (NIX_REMOTE)"),
+    }
 }
 
 /// After a run, the rollback window's state forgets what apply deleted
@@ -134,6 +216,9 @@ fn fs_change(freed: i64) -> String {
 fn text(r: &ApplyReport) -> String {
     let mut out = String::new();
     let verb = if r.dry_run { "would delete" } else { "deleted" };
+    if !r.dry_run {
+        let _ = writeln!(out, "deleted by: {}", r.deleted_by);
+    }
     let _ = writeln!(
         out,
         "{verb}: {} paths, {} (narSize)",
@@ -184,6 +269,10 @@ fn text(r: &ApplyReport) -> String {
             let _ = writeln!(out, "  {}: {}", f.path, f.error);
         }
     }
+    orphans(&mut out, &r.orphans_removed);
+    if let Some(v) = &r.vacuum {
+        let _ = writeln!(out, "{}", vacuum(v));
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -194,6 +283,35 @@ fn text(r: &ApplyReport) -> String {
         let _ = writeln!(out, "interrupted: run apply again to finish");
     }
     out
+}
+
+/// Store entries without a database row that the engine removed.
+pub fn orphans(out: &mut String, removed: &[String]) {
+    if removed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "removed without a database row (left by a crash or a failed build): {}",
+        removed.len()
+    );
+    for p in removed.iter().take(20) {
+        let _ = writeln!(out, "  {p}");
+    }
+}
+
+/// What `--vacuum` did, in words.
+pub fn vacuum(v: &crate::apply::engine::Vacuum) -> String {
+    let free = human_bytes(v.free_bytes_before);
+    let size = human_bytes(v.bytes_before);
+    if v.done {
+        format!(
+            "database vacuumed: {size} -> {} ({free} were free)",
+            human_bytes(v.bytes_after)
+        )
+    } else {
+        format!("database not vacuumed: {free} of {size} free, less than a quarter")
+    }
 }
 
 /// The policy's second look: inputs changed since the plan, and the

@@ -6,6 +6,7 @@ mod apply;
 mod explain;
 mod generate;
 mod plan;
+mod repair;
 mod roots;
 
 use std::io::Write;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Roots(args) => roots::run(&cli.global, args),
         Command::Apply(args) => apply::run(&cli.global, args),
+        Command::Repair(args) => repair::run(&cli.global, args),
         Command::Explain(args) => explain::run(&cli.global, args),
         Command::Demo(args) => plan::demo(&cli.global, args),
         Command::Policy(PolicyCommand::Check { file }) => plan::check(file),
@@ -51,6 +53,14 @@ pub fn resolve_settings(global: &GlobalArgs) -> Result<Settings> {
         eprintln!("warning: {w}");
     }
     Ok(settings)
+}
+
+/// Says on stderr, as settings warnings are said, when the scan could not
+/// read every process's runtime roots.
+pub fn warn_incomplete_roots(state: &crate::load::StoreState) {
+    if let Some(w) = state.incomplete_roots_warning() {
+        eprintln!("warning: {w}");
+    }
 }
 
 pub fn load_options(global: &GlobalArgs) -> LoadOptions {

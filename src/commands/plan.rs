@@ -15,9 +15,58 @@ use crate::progress::Printer;
 use crate::report;
 use crate::settings::Settings;
 
+/// What a plan run saw, for its metrics.
+#[derive(Default)]
+struct Seen {
+    plan: Option<Plan>,
+    space: Option<policy::Space>,
+    nothing_to_do: bool,
+}
+
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
+    let (started, clock) = (super::now(), std::time::Instant::now());
+    let mut seen = Seen::default();
+    let result = plan_and_emit(global, args, &mut seen);
+    let Some(file) = &args.metrics else {
+        return result;
+    };
+    let run = crate::metrics::Run {
+        command: "plan",
+        policy: args.policy.policy.as_deref().map(crate::plan::absolute),
+        started,
+        duration: clock.elapsed(),
+        exit: *result.as_ref().unwrap_or(&ExitCode::BadInput),
+    };
+    let metrics = crate::metrics::plan(&run, seen.plan.as_ref(), seen.space, seen.nothing_to_do);
+    let written = crate::metrics::write(file, &metrics.render());
+    match (result, written) {
+        (Ok(code), Ok(())) => Ok(code),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), written) => {
+            if let Err(w) = written {
+                eprintln!("storegc: {w}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Result<ExitCode> {
     let settings = super::resolve_settings(global)?;
     let policy = resolve_policy(&args.policy)?;
+    seen.space = fs_space(settings.store_dir.as_str());
+    if let Some(below) = args.only_if_available_below {
+        let dir = settings.store_dir.as_str();
+        let space = seen.space.with_context(|| {
+            format!("{dir}: cannot measure the space available on the store's filesystem (--only-if-available-below)")
+        })?;
+        let threshold = below.bytes(space.size);
+        if space.available >= threshold {
+            eprintln!("{}", nothing_to_do(&settings, space, below, threshold));
+            seen.nothing_to_do = true;
+            return Ok(ExitCode::Success);
+        }
+    }
     let no_db = !crate::db::db_path(&settings.state_dir).exists();
     let plan = if no_db && args.demo_if_no_store {
         None
@@ -56,6 +105,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> Result<ExitCode> {
         write_plan_file(&plan, out)?;
     }
     emit(&plan, args.format)?;
+    seen.plan = Some(plan);
     Ok(ExitCode::Success)
 }
 
@@ -140,10 +190,7 @@ pub fn evaluate_with(
         inputs.dead_since = ds.since_by_id(&state.snap);
         inputs.dead_since_missing = *missing;
     }
-    let available = policy
-        .budget
-        .until_free
-        .and_then(|_| crate::load::available_bytes(settings.store_dir.as_str()));
+    let space = fs_space(settings.store_dir.as_str());
     let now = super::now();
     let decision = policy::evaluate(
         &state.snap,
@@ -153,9 +200,10 @@ pub fn evaluate_with(
         policy,
         &inputs,
         now,
-        available,
+        space,
     );
     spinner.finish_and_clear();
+    super::warn_incomplete_roots(&state);
     for w in &decision.warnings {
         tracing::warn!("{w}");
     }
@@ -166,6 +214,44 @@ pub fn evaluate_with(
         now,
         dead_since: dead_since.map(|(f, ds, _)| (f, ds)),
     })
+}
+
+/// The size of and the space available on the filesystem holding `dir`
+/// (statvfs: `f_blocks` and `f_bavail` times `f_frsize`); `None` when it
+/// cannot be read, which is "unknown", never "full" or "empty".
+pub fn fs_space(dir: &str) -> Option<policy::Space> {
+    let c = std::ffi::CString::new(dir).ok()?;
+    // SAFETY: all-zero bytes are a valid statvfs (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some(policy::Space {
+        size: (st.f_blocks as u64).checked_mul(frsize)?,
+        available: (st.f_bavail as u64).checked_mul(frsize)?,
+    })
+}
+
+/// The line `--only-if-available-below` prints when there is room enough.
+fn nothing_to_do(
+    settings: &Settings,
+    space: policy::Space,
+    below: policy::Amount,
+    threshold: u64,
+) -> String {
+    let of = if below.is_share() {
+        format!(" ({below} of {})", report::human_bytes(space.size))
+    } else {
+        String::new()
+    };
+    format!(
+        "storegc: nothing to do: {} available on the filesystem of {}, not below {}{of}",
+        report::human_bytes(space.available),
+        settings.store_dir.as_str(),
+        report::human_bytes(threshold),
+    )
 }
 
 /// Loads the store, evaluates the policy and assembles the plan.
@@ -203,6 +289,7 @@ pub fn make_plan_with(
         gc: settings.gc,
         ca_derivations: settings.ca_derivations,
         settings_warnings: settings.warnings.clone(),
+        unreadable_processes: state.unreadable_processes.clone(),
         policy: (!policy.file.as_os_str().is_empty()).then(|| crate::plan::absolute(&policy.file)),
         inputs: policy::digest::files_read(policy, &inputs)
             .iter()

@@ -21,6 +21,7 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
     let spinner = Printer::new(global.quiet, global.verbose).spinner("loading");
     let state = load(&settings, &super::load_options(global))
         .inspect_err(|_| spinner.finish_and_clear())?;
+    spinner.suspend(|| super::warn_incomplete_roots(&state));
     if args.sizes {
         spinner.set_message(format!(
             "sizing {} roots over {} paths (dominators, closures)",
@@ -44,7 +45,7 @@ pub fn run(global: &GlobalArgs, args: &RootsArgs) -> Result<ExitCode> {
         return Ok(ExitCode::Success);
     }
     spinner.finish_and_clear();
-    let roots = state.reported_roots();
+    let roots = crate::roots::list(&state.reported_roots());
     let text = match args.format {
         TextOrJson::Text => report::roots_text(&roots),
         TextOrJson::Json => report::roots_json(&roots),

@@ -1,7 +1,7 @@
 //! The decision: which valid paths a policy lets go, and why.
 //!
-//! Pure: no file system, no clock. `now` and the space available on the
-//! store's filesystem come from the caller, the on-disk facts from
+//! Pure: no file system, no clock. `now` and the size of and space
+//! available on the store's filesystem come from the caller, the on-disk facts from
 //! [`crate::policy::inputs::gather`].
 //!
 //! 1. Expire roots: a generation link of a `[[generations]]` profile that
@@ -266,9 +266,9 @@ const WINDOW: u8 = 7;
 /// Evaluates `policy` on a snapshot.
 ///
 /// `root_ids` are [`crate::roots::resolve`]'s `(root index, id)` pairs;
-/// `now` is in Unix seconds; `available` is the statvfs space available on
-/// the store's filesystem (needed only for `until-free`: without it nothing
-/// is deleted under `until-free`, with a warning).
+/// `now` is in Unix seconds; `space` is the store's filesystem as statvfs
+/// saw it (needed only for `until-free` and percentages: without it nothing
+/// is deleted under those, with a warning; see [`budget::limit`]).
 ///
 /// Invariants: no deleted path is reachable in `graph` from a kept one;
 /// with [`Policy::default`] the delete set is exactly the complement of
@@ -285,7 +285,7 @@ pub fn evaluate(
     policy: &Policy,
     inputs: &PolicyInputs,
     now: i64,
-    available: Option<u64>,
+    space: Option<budget::Space>,
 ) -> Decision {
     let n = snap.len();
     debug_assert_eq!(graph.node_count(), n, "graph and snapshot disagree");
@@ -389,23 +389,12 @@ pub fn evaluate(
 
     // 3. Budget.
     let b = &policy.budget;
-    let mut limit = b.max_freed;
-    let mut already_met = false;
-    if let Some(want) = b.until_free {
-        match available {
-            Some(avail) if avail >= want => already_met = true,
-            Some(avail) => limit = Some(limit.map_or(want - avail, |l| l.min(want - avail))),
-            None => decision.warnings.push(
-                "until-free is set but the space available is unknown; nothing is deleted".into(),
-            ),
-        }
-        if already_met || available.is_none() {
-            limit = Some(0);
-        }
-    }
-    decision.delete = match limit {
+    decision.delete = match budget::limit(b, space, &mut decision.warnings) {
         None => candidates.clone(),
-        Some(limit) => {
+        Some(budget::Limit {
+            bytes: limit,
+            already_met,
+        }) => {
             let mut outcome = BudgetOutcome {
                 limit,
                 already_met,
@@ -745,6 +734,7 @@ mod tests {
     use super::*;
     use crate::db::PathRow;
     use crate::graph::{live_set_parallel, live_set_sequential};
+    use crate::policy::budget::Amount;
     use crate::policy::file::{
         AutoRoots, Budget, Generations, Globs, Located, Order, Protect, Select,
     };
@@ -860,7 +850,10 @@ mod tests {
                 policy,
                 &self.inputs,
                 NOW,
-                available,
+                available.map(|available| budget::Space {
+                    size: 1000,
+                    available,
+                }),
             );
             assert_eq!(d.delete.len(), d.reasons.len());
             assert!(d.delete.windows(2).all(|w| w[0] < w[1]));
@@ -1345,8 +1338,8 @@ mod tests {
     fn budget(max_freed: Option<u64>, until_free: Option<u64>, order: Order) -> Policy {
         Policy {
             budget: Budget {
-                max_freed,
-                until_free,
+                max_freed: max_freed.map(Amount::Bytes),
+                until_free: until_free.map(Amount::Bytes),
                 order,
             },
             ..Policy::default()
@@ -1434,14 +1427,14 @@ mod tests {
     fn budget_keeps_the_roots_of_what_it_leaves() {
         let f = five_generations();
         let mut p = generations_policy(Some(0), None);
-        p.budget.max_freed = Some(2);
+        p.budget.max_freed = Some(Amount::Bytes(2));
         let (_, d) = f.run(&p, None);
         assert_eq!(f.deleted(&p), vec!["sys-1", "sys-2"]);
         assert_eq!(
             d.expired_roots.iter().map(|e| e.root).collect::<Vec<_>>(),
             vec![0, 1]
         );
-        p.budget.until_free = Some(10);
+        p.budget.until_free = Some(Amount::Bytes(10));
         let (_, d) = f.run(&p, Some(10));
         assert!(d.delete.is_empty());
         assert!(d.expired_roots.is_empty());
@@ -1925,9 +1918,9 @@ mod tests {
             let full = as_set(c.n, &run(&b, &b.policy).delete);
             let (lo, hi) = (l1.min(l2), l1.max(l2));
             let mut p = b.policy.clone();
-            p.budget.max_freed = Some(lo);
+            p.budget.max_freed = Some(Amount::Bytes(lo));
             let small = run(&b, &p);
-            p.budget.max_freed = Some(hi);
+            p.budget.max_freed = Some(Amount::Bytes(hi));
             let large = run(&b, &p);
             let (s, l) = (as_set(c.n, &small.delete), as_set(c.n, &large.delete));
             for &(u, v) in &c.edges {

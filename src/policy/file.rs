@@ -27,8 +27,9 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::budget::Amount;
 use super::group::GroupBy;
-use super::units::{format_duration, format_size, parse_duration, parse_size};
+use super::units::{format_duration, parse_duration};
 use super::PolicyError;
 use crate::store_path::parse_basename;
 
@@ -125,10 +126,11 @@ pub struct AutoRoots {
 /// `[budget]`: how much of the delete set to take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Budget {
-    /// Stop once this many bytes (narSize) are taken.
-    pub max_freed: Option<u64>,
-    /// Only free until the store's filesystem has this many bytes available.
-    pub until_free: Option<u64>,
+    /// Stop once this many bytes (narSize) are taken: bytes, or a share
+    /// of the store's filesystem.
+    pub max_freed: Option<Amount>,
+    /// Only free until the store's filesystem has this much available.
+    pub until_free: Option<Amount>,
     pub order: Order,
 }
 
@@ -266,8 +268,8 @@ fn compile_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
 /// Command-line flags that override the policy file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
-    pub max_freed: Option<u64>,
-    pub until_free: Option<u64>,
+    pub max_freed: Option<Amount>,
+    pub until_free: Option<Amount>,
     pub order: Option<Order>,
     pub older_than: Option<Duration>,
 }
@@ -431,13 +433,16 @@ impl Policy {
         let b = &self.budget;
         let mut limits = Vec::new();
         if let Some(m) = b.max_freed {
-            limits.push(format!("at most {} (narSize) is freed", format_size(m)));
+            limits.push(format!("at most {} (narSize) is freed", in_words(m)));
         }
-        if let Some(u) = b.until_free {
-            limits.push(format!(
-                "only until the store's filesystem has {} available (nothing when it already has)",
-                format_size(u)
-            ));
+        match b.until_free {
+            Some(u) if u.is_share() => limits.push(format!(
+                "only until {u} of the store's filesystem is available (nothing when it already is)"
+            )),
+            Some(u) => limits.push(format!(
+                "only until the store's filesystem has {u} available (nothing when it already has)"
+            )),
+            None => {}
         }
         if limits.is_empty() {
             line("- No budget: every deletable path is deleted.".into());
@@ -452,6 +457,15 @@ impl Policy {
             ));
         }
         s
+    }
+}
+
+/// An amount in words: `100 GiB`, or `15% of the store's filesystem`.
+fn in_words(a: Amount) -> String {
+    if a.is_share() {
+        format!("{a} of the store's filesystem")
+    } else {
+        a.to_string()
     }
 }
 
@@ -684,10 +698,10 @@ pub fn parse_policy(text: &str, file: &Path) -> Result<Policy, PolicyError> {
 
     if let Some(b) = raw.budget {
         if let Some(v) = &b.max_freed {
-            policy.budget.max_freed = Some(cx.size(v, "budget.max-freed")?);
+            policy.budget.max_freed = Some(cx.amount(v, "budget.max-freed")?);
         }
         if let Some(v) = &b.until_free {
-            policy.budget.until_free = Some(cx.size(v, "budget.until-free")?);
+            policy.budget.until_free = Some(cx.amount(v, "budget.until-free")?);
         }
         if let Some(o) = b.order {
             policy.budget.order = o
@@ -759,15 +773,19 @@ impl Cx<'_> {
         }
     }
 
-    fn size(&self, v: &Spanned<toml::Value>, key: &str) -> Result<u64, PolicyError> {
+    /// Bytes, a size (`"100GiB"`) or a share of the store's filesystem
+    /// (`"15%"`).
+    fn amount(&self, v: &Spanned<toml::Value>, key: &str) -> Result<Amount, PolicyError> {
         match v.get_ref() {
-            toml::Value::String(s) => parse_size(s)
+            toml::Value::String(s) => Amount::parse(s)
                 .map_err(|m| self.err(v.span(), key, format!("invalid size '{s}' ({m})"))),
-            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+            toml::Value::Integer(n) if *n >= 0 => Ok(Amount::Bytes(*n as u64)),
             other => Err(self.err(
                 v.span(),
                 key,
-                format!("invalid size {other} (expected bytes or a string such as \"100GiB\")"),
+                format!(
+                    "invalid size {other} (expected bytes or a string such as \"100GiB\" or \"15%\")"
+                ),
             )),
         }
     }
@@ -908,8 +926,8 @@ order = "largest-first"
         assert!(a.match_.is_match("/home/u/result-dev"));
         assert!(!a.match_.is_match("/home/u/results"));
         assert_eq!(a.match_.first_match("/a/result-x"), Some("*/result-*"));
-        assert_eq!(p.budget.max_freed, Some(100 << 30));
-        assert_eq!(p.budget.until_free, Some(1000));
+        assert_eq!(p.budget.max_freed, Some(Amount::Bytes(100 << 30)));
+        assert_eq!(p.budget.until_free, Some(Amount::Bytes(1000)));
         assert_eq!(p.budget.order, Order::LargestFirst);
         let words = p.describe();
         assert!(words.contains("registered at least 14 days ago"), "{words}");
@@ -943,13 +961,13 @@ order = "largest-first"
     #[test]
     fn overrides_replace_file_values() {
         let p = parse(FULL).unwrap().with_overrides(&Overrides {
-            max_freed: Some(7),
+            max_freed: Some(Amount::Bytes(7)),
             order: Some(Order::OldestFirst),
             older_than: Some(Duration::from_secs(60)),
             until_free: None,
         });
-        assert_eq!(p.budget.max_freed, Some(7));
-        assert_eq!(p.budget.until_free, Some(1000));
+        assert_eq!(p.budget.max_freed, Some(Amount::Bytes(7)));
+        assert_eq!(p.budget.until_free, Some(Amount::Bytes(1000)));
         assert_eq!(p.budget.order, Order::OldestFirst);
         assert_eq!(p.select.older_than, Some(Duration::from_secs(60)));
     }
@@ -1013,6 +1031,37 @@ order = "largest-first"
             "[budget]\nuntil-free = -1\n",
             "policies/x.toml:2: budget.until-free: ",
             "invalid size",
+        );
+    }
+
+    #[test]
+    fn percentages_of_the_filesystem() {
+        let p = parse("[budget]\nmax-freed = \"10%\"\nuntil-free = \"12.5%\"\n").unwrap();
+        assert_eq!(p.budget.max_freed, Some(Amount::Share(100_000)));
+        assert_eq!(p.budget.until_free, Some(Amount::Share(125_000)));
+        let words = p.describe();
+        assert!(
+            words.contains("at most 10% of the store's filesystem (narSize) is freed"),
+            "{words}"
+        );
+        assert!(
+            words.contains("only until 12.5% of the store's filesystem is available"),
+            "{words}"
+        );
+        assert_error(
+            "[budget]\nmax-freed = \"110%\"\n",
+            "policies/x.toml:2: budget.max-freed: invalid size '110%' (more than 100%",
+            "",
+        );
+        assert_error(
+            "[budget]\n\nuntil-free = \"-5%\"\n",
+            "policies/x.toml:3: budget.until-free: invalid size '-5%'",
+            "percentage",
+        );
+        assert_error(
+            "[budget]\nuntil-free = 15.5\n",
+            "policies/x.toml:2: budget.until-free: invalid size 15.5",
+            "\"15%\"",
         );
     }
 

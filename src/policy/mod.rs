@@ -31,6 +31,7 @@ pub mod units;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use budget::{Amount, Space};
 pub use digest::{InputFile, InputKind};
 pub use eval::{
     build_closure, evaluate, BudgetOutcome, ByReason, Decision, ExpiredRoot, Expiry, Kept, Reason,

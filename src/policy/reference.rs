@@ -102,13 +102,13 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "budget.max-freed",
-        value: "size (\"100GiB\") or bytes",
-        meaning: "Stop once this much (narSize) is freed; the last group taken (a path with its referrers) may go over.",
+        value: "size (\"100GiB\"), bytes, or a percentage of the store's filesystem (\"10%\")",
+        meaning: "Stop once this much (narSize) is freed; the last group taken (a path with its referrers) may go over. A percentage is of the filesystem's size (statvfs); when that cannot be measured, nothing is deleted.",
     },
     KeyDoc {
         key: "budget.until-free",
-        value: "size or bytes",
-        meaning: "Only free until the store's filesystem has this much available; nothing is deleted when it has already, or when free space cannot be measured.",
+        value: "size, bytes, or a percentage of the store's filesystem (\"15%\")",
+        meaning: "Only free until the store's filesystem has this much available (a percentage is of the filesystem's size); nothing is deleted when it has already, or when free space cannot be measured.",
     },
     KeyDoc {
         key: "budget.order",
@@ -172,7 +172,7 @@ keep-newest = 3
 group-by = "/var/lib/gitea-runner/*/(*)/(*)/**"
 [budget]
 max-freed = "100GiB"
-until-free = "50GiB"
+until-free = "15%"
 order = "oldest-first"
 "#;
 

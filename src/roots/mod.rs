@@ -76,6 +76,49 @@ pub struct Root {
     pub via: Option<String>,
 }
 
+/// One root as `nix-store --gc --print-roots` counts roots: a link and the
+/// store path it holds, once, with every way the scan reached it. A
+/// profile's generation under `profiles/` is found directly, through the
+/// profile's own link and (Nix 2.8's `nix-env -p`) through `gcroots/auto`:
+/// one root, not three.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ListedRoot {
+    pub link: String,
+    pub target: String,
+    /// The most direct kind found ([`RootKind`]'s order).
+    pub kind: RootKind,
+    /// The entries that point to `link` (for indirect roots), sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
+}
+
+/// Merges roots by `(link, target)`: the first kind in [`RootKind`]'s
+/// order, and every `via`. Output sorted by link and target. O(r log r).
+pub fn list(roots: &[Root]) -> Vec<ListedRoot> {
+    let mut sorted: Vec<&Root> = roots.iter().collect();
+    sorted.sort();
+    let mut out: Vec<ListedRoot> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some(l) if l.link == r.link && l.target == r.target => {
+                l.kind = l.kind.min(r.kind);
+                l.via.extend(r.via.iter().cloned());
+            }
+            _ => out.push(ListedRoot {
+                link: r.link.clone(),
+                target: r.target.clone(),
+                kind: r.kind,
+                via: r.via.iter().cloned().collect(),
+            }),
+        }
+    }
+    for l in &mut out {
+        l.via.sort();
+        l.via.dedup();
+    }
+    out
+}
+
 /// Where to look for roots.
 #[derive(Debug, Clone)]
 pub struct RootSources {
@@ -155,16 +198,53 @@ fn store_path_in(store_dir: &StoreDir, text: &[u8]) -> Option<String> {
     Some(store_dir.join(base))
 }
 
+/// Every root of the three sources, and what the scan could not see.
+#[derive(Debug, Default, Clone)]
+pub struct FoundRoots {
+    /// Sorted and deduplicated.
+    pub roots: Vec<Root>,
+    /// Processes whose runtime roots could not be read (see
+    /// [`runtime::RuntimeRoots::denied`]); sorted pids.
+    pub unreadable_processes: Vec<u32>,
+}
+
+impl FoundRoots {
+    /// The warning a plan carries when processes could not be read, or
+    /// `None` when the scan saw every process. O(1).
+    pub fn incomplete_warning(&self) -> Option<String> {
+        incomplete_warning(&self.unreadable_processes)
+    }
+}
+
+/// Says that the runtime roots of `pids` are unknown (not running as
+/// root), with an example, or `None` for no pids. O(1).
+pub fn incomplete_warning(pids: &[u32]) -> Option<String> {
+    let first = pids.first()?;
+    let n = pids.len();
+    let s = if n == 1 { "" } else { "es" };
+    Some(format!(
+        "roots incomplete: {n} process{s} could not be read (e.g. /proc/{first}: permission denied; \
+         run as root to see every root): a path only such a process uses may be planned; \
+         apply refuses to delete unless --allow-incomplete-roots"
+    ))
+}
+
 /// Scans all three sources. Results are sorted and deduplicated.
-pub fn find_roots(src: &RootSources) -> Result<Vec<Root>, RootsError> {
+pub fn find_roots(src: &RootSources) -> Result<FoundRoots, RootsError> {
     let mut roots = gcroots::find(&src.store_dir, &src.state_dir)?;
+    let mut unreadable_processes = Vec::new();
     if let Some(proc_dir) = &src.proc_dir {
-        roots.extend(runtime::find(&src.store_dir, proc_dir)?);
+        let runtime = runtime::find(&src.store_dir, proc_dir)?;
+        roots.extend(runtime.roots);
+        unreadable_processes = runtime.denied;
     }
     roots.extend(temp::find(&src.store_dir, &src.state_dir)?);
     roots.sort();
     roots.dedup();
-    Ok(roots)
+    Ok(FoundRoots {
+        roots,
+        unreadable_processes,
+    })
 }
 
 /// The ids of the roots' store paths that are valid in `paths`; roots whose
@@ -196,6 +276,50 @@ mod tests {
     use std::process::{Command, Output};
 
     const H: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+
+    /// A generation found directly under `profiles/`, through the
+    /// profile's link and through `gcroots/auto` is one root, profile
+    /// kind, with both entries as `via`; other links stay apart.
+    #[test]
+    fn list_merges_one_link_reached_three_ways() {
+        let target = format!("/nix/store/{H}-system");
+        let root = |link: &str, kind, via: Option<&str>| Root {
+            link: link.into(),
+            target: target.clone(),
+            kind,
+            via: via.map(str::to_string),
+        };
+        let gen = "/v/profiles/system-1-link";
+        let roots = vec![
+            root(gen, RootKind::Indirect, Some("/v/gcroots/auto/abc")),
+            root(
+                "/home/u/result",
+                RootKind::Indirect,
+                Some("/v/gcroots/auto/def"),
+            ),
+            root(gen, RootKind::Profile, None),
+            root(gen, RootKind::Indirect, Some("/v/profiles/system")),
+            root(gen, RootKind::Indirect, Some("/v/gcroots/auto/abc")),
+        ];
+        let listed = list(&roots);
+        assert_eq!(
+            listed,
+            vec![
+                ListedRoot {
+                    link: "/home/u/result".into(),
+                    target: target.clone(),
+                    kind: RootKind::Indirect,
+                    via: vec!["/v/gcroots/auto/def".into()],
+                },
+                ListedRoot {
+                    link: gen.into(),
+                    target: target.clone(),
+                    kind: RootKind::Profile,
+                    via: vec!["/v/gcroots/auto/abc".into(), "/v/profiles/system".into()],
+                },
+            ]
+        );
+    }
 
     #[test]
     fn store_path_in_takes_the_first_component_as_is() {

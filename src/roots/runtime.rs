@@ -16,7 +16,11 @@
 //! if any.
 //!
 //! Processes come and go during the scan: `ENOENT`, `EACCES` and `ESRCH`
-//! skip the file at hand, as in Nix. One deliberate difference: Nix skips
+//! skip the file at hand, as in Nix. `EACCES` is not a process that went
+//! away, though: it is one we may not look into (another user's, when not
+//! running as root), whose roots we cannot know. Nix says nothing; storegc
+//! counts such processes ([`RuntimeRoots::denied`]) so the plan can warn
+//! and `apply` can refuse. One deliberate difference: Nix skips
 //! a process's `maps` and `environ` when its `fd` dir cannot be opened, and
 //! its `environ` when `maps` cannot be read; here each file is tried on its
 //! own, which can only find more roots.
@@ -33,6 +37,31 @@ use crate::store_path::StoreDir;
 /// Errors that mean "this process, or this file of it, is gone or not
 /// ours": skipped, as Nix skips them.
 const GONE: &[i32] = &[libc::ENOENT, libc::EACCES, libc::ESRCH];
+
+/// The runtime roots found, and the processes that could not be read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuntimeRoots {
+    /// Sorted and deduplicated.
+    pub roots: Vec<Root>,
+    /// Pids of the processes with at least one file denied (`EACCES`):
+    /// their roots are unknown. Sorted.
+    pub denied: Vec<u32>,
+}
+
+/// What one process yielded.
+#[derive(Debug, Default)]
+struct ProcScan {
+    roots: Vec<Root>,
+    /// Some file of it answered `EACCES`.
+    denied: bool,
+}
+
+impl ProcScan {
+    /// Notes a skipped error: `EACCES` marks the process as unread. O(1).
+    fn skipped(&mut self, err: &std::io::Error) {
+        self.denied |= err.raw_os_error() == Some(libc::EACCES);
+    }
+}
 
 /// The kernel settings Nix reads as roots, under `<proc>/sys/kernel`.
 const KERNEL_FILES: [&str; 3] = ["modprobe", "fbsplash", "poweroff_cmd"];
@@ -51,29 +80,43 @@ const KERNEL_FILES: [&str; 3] = ["modprobe", "fbsplash", "poweroff_cmd"];
 /// cannot be listed (Nix silently finds no runtime roots then; a plan
 /// without them is unsafe), and [`RootsError::Scan`] on an I/O error other
 /// than the skipped ones.
-pub fn find(store_dir: &StoreDir, dir: &Path) -> Result<Vec<Root>, RootsError> {
+pub fn find(store_dir: &StoreDir, dir: &Path) -> Result<RuntimeRoots, RootsError> {
     let pids = list_pids(dir)?;
     let per_pid = pids
         .par_iter()
         .map(|pid| scan_pid(store_dir, dir, pid))
         .collect::<Result<Vec<_>, _>>()?;
-    finish(store_dir, dir, per_pid.into_iter().flatten().collect())
+    finish(store_dir, dir, pids.iter().zip(per_pid))
 }
 
 /// [`find`] on one thread: the reference the parallel scan is tested
 /// against, and a fallback where threads are unwanted. Same cost, same
 /// errors, same result on a tree that does not change.
-pub fn find_sequential(store_dir: &StoreDir, dir: &Path) -> Result<Vec<Root>, RootsError> {
-    let mut roots = Vec::new();
-    for pid in list_pids(dir)? {
-        roots.extend(scan_pid(store_dir, dir, &pid)?);
+pub fn find_sequential(store_dir: &StoreDir, dir: &Path) -> Result<RuntimeRoots, RootsError> {
+    let pids = list_pids(dir)?;
+    let mut per_pid = Vec::with_capacity(pids.len());
+    for pid in &pids {
+        per_pid.push(scan_pid(store_dir, dir, pid)?);
     }
-    finish(store_dir, dir, roots)
+    finish(store_dir, dir, pids.iter().zip(per_pid))
 }
 
-/// Adds the kernel-setting roots, then sorts and deduplicates.
-/// O(n log n).
-fn finish(store_dir: &StoreDir, dir: &Path, mut roots: Vec<Root>) -> Result<Vec<Root>, RootsError> {
+/// Gathers the processes' roots and denials, adds the kernel-setting
+/// roots, then sorts and deduplicates. O(n log n).
+fn finish<'a>(
+    store_dir: &StoreDir,
+    dir: &Path,
+    per_pid: impl Iterator<Item = (&'a String, ProcScan)>,
+) -> Result<RuntimeRoots, RootsError> {
+    let mut roots = Vec::new();
+    let mut denied = Vec::new();
+    for (pid, scan) in per_pid {
+        roots.extend(scan.roots);
+        if scan.denied {
+            denied.extend(pid.parse::<u32>().ok());
+        }
+    }
+    denied.sort_unstable();
     let kernel = dir.join("sys/kernel");
     for name in KERNEL_FILES {
         let path = kernel.join(name);
@@ -85,7 +128,7 @@ fn finish(store_dir: &StoreDir, dir: &Path, mut roots: Vec<Root>) -> Result<Vec<
     }
     roots.sort();
     roots.dedup();
-    Ok(roots)
+    Ok(RuntimeRoots { roots, denied })
 }
 
 /// The names of the all-digit entries of `dir`, sorted. Cost: one
@@ -108,11 +151,11 @@ fn list_pids(dir: &Path) -> Result<Vec<String>, RootsError> {
 
 /// The roots held by one process. Cost: about 4 + (open fds) system calls
 /// plus O(size of `maps` + `environ`).
-fn scan_pid(store_dir: &StoreDir, proc_dir: &Path, pid: &str) -> Result<Vec<Root>, RootsError> {
+fn scan_pid(store_dir: &StoreDir, proc_dir: &Path, pid: &str) -> Result<ProcScan, RootsError> {
     let base = proc_dir.join(pid);
-    let mut roots = Vec::new();
+    let mut scan = ProcScan::default();
     for name in ["exe", "cwd"] {
-        read_link_root(store_dir, &base.join(name), &mut roots)?;
+        read_link_root(store_dir, &base.join(name), &mut scan)?;
     }
 
     let fd_dir = base.join("fd");
@@ -121,42 +164,48 @@ fn scan_pid(store_dir: &StoreDir, proc_dir: &Path, pid: &str) -> Result<Vec<Root
             for entry in entries {
                 match entry {
                     Ok(entry) if entry.file_name().as_bytes().first() != Some(&b'.') => {
-                        read_link_root(store_dir, &entry.path(), &mut roots)?;
+                        read_link_root(store_dir, &entry.path(), &mut scan)?;
                     }
                     Ok(_) => {}
-                    Err(err) if errno_is(&err, GONE) => break,
+                    Err(err) if errno_is(&err, GONE) => {
+                        scan.skipped(&err);
+                        break;
+                    }
                     Err(err) => return Err(RootsError::Scan(fd_dir, err)),
                 }
             }
         }
-        Err(err) if errno_is(&err, GONE) => {}
+        Err(err) if errno_is(&err, GONE) => scan.skipped(&err),
         Err(err) => return Err(RootsError::Scan(fd_dir, err)),
     }
 
     let maps = base.join("maps");
-    if let Some(text) = read_proc_file(&maps)? {
+    if let Some(text) = read_proc_file(&maps, &mut scan)? {
         for line in text.split(|&c| c == b'\n') {
             if let Some(file) = mapped_file(line) {
-                push(store_dir, &mut roots, &maps, file);
+                push(store_dir, &mut scan.roots, &maps, file);
             }
         }
     }
 
     let environ = base.join("environ");
-    if let Some(text) = read_proc_file(&environ)? {
+    if let Some(text) = read_proc_file(&environ, &mut scan)? {
         for found in StorePathMatches::new(store_dir, &text) {
-            push(store_dir, &mut roots, &environ, found);
+            push(store_dir, &mut scan.roots, &environ, found);
         }
     }
-    Ok(roots)
+    Ok(scan)
 }
 
 /// The contents of a `/proc/PID/…` file, `None` when the process is gone
 /// or not readable by us. O(size).
-fn read_proc_file(path: &Path) -> Result<Option<Vec<u8>>, RootsError> {
+fn read_proc_file(path: &Path, scan: &mut ProcScan) -> Result<Option<Vec<u8>>, RootsError> {
     match fs::read(path) {
         Ok(text) => Ok(Some(text)),
-        Err(err) if errno_is(&err, GONE) => Ok(None),
+        Err(err) if errno_is(&err, GONE) => {
+            scan.skipped(&err);
+            Ok(None)
+        }
         Err(err) => Err(RootsError::Scan(path.to_path_buf(), err)),
     }
 }
@@ -166,17 +215,20 @@ fn read_proc_file(path: &Path) -> Result<Option<Vec<u8>>, RootsError> {
 fn read_link_root(
     store_dir: &StoreDir,
     path: &Path,
-    roots: &mut Vec<Root>,
+    scan: &mut ProcScan,
 ) -> Result<(), RootsError> {
     match fs::read_link(path) {
         Ok(text) => {
             let text = text.as_os_str().as_bytes();
             if text.first() == Some(&b'/') {
-                push(store_dir, roots, path, text);
+                push(store_dir, &mut scan.roots, path, text);
             }
             Ok(())
         }
-        Err(err) if errno_is(&err, GONE) => Ok(()),
+        Err(err) if errno_is(&err, GONE) => {
+            scan.skipped(&err);
+            Ok(())
+        }
         Err(err) => Err(RootsError::Scan(path.to_path_buf(), err)),
     }
 }
@@ -362,7 +414,8 @@ mod tests {
     #[test]
     fn fake_proc_tree_yields_every_kind_of_runtime_root() {
         let (_tmp, store, proc_dir, want) = fake_proc();
-        assert_eq!(find(&store, &proc_dir).unwrap(), want);
+        assert_eq!(find(&store, &proc_dir).unwrap().roots, want);
+        assert_eq!(find(&store, &proc_dir).unwrap().denied, Vec::<u32>::new());
     }
 
     #[test]
@@ -377,13 +430,28 @@ mod tests {
                 symlink(format!("{st}/{H2}-f{fd}/x"), p.join(format!("fd/{fd}"))).unwrap();
             }
         }
-        let par = find(&store, &proc_dir).unwrap();
-        let seq = find_sequential(&store, &proc_dir).unwrap();
+        let par = find(&store, &proc_dir).unwrap().roots;
+        let seq = find_sequential(&store, &proc_dir).unwrap().roots;
         assert_eq!(
             par.len(),
             want.len() + 200 + (0..200).map(|i| (1000 + i) % 5).sum::<usize>()
         );
         assert_eq!(par, seq);
+    }
+
+    /// Only `EACCES` marks a process as unread; a process that vanished
+    /// (`ENOENT`, `ESRCH`) hides no roots.
+    #[test]
+    fn only_permission_denied_marks_a_process_unread() {
+        for (errno, denied) in [
+            (libc::ENOENT, false),
+            (libc::ESRCH, false),
+            (libc::EACCES, true),
+        ] {
+            let mut scan = ProcScan::default();
+            scan.skipped(&std::io::Error::from_raw_os_error(errno));
+            assert_eq!(scan.denied, denied, "errno {errno}");
+        }
     }
 
     #[test]
@@ -486,7 +554,10 @@ mod tests {
         let res = find(&store, Path::new("/proc"));
         child.kill().unwrap();
         child.wait().unwrap();
-        let roots = res.unwrap();
+        let found = res.unwrap();
+        // Our own child is readable: never counted as denied.
+        assert!(!found.denied.contains(&pid), "{:?}", found.denied);
+        let roots = found.roots;
         let mine: Vec<(String, String)> = roots
             .into_iter()
             .filter(|r| r.link.starts_with(&format!("/proc/{pid}/")))

@@ -78,6 +78,7 @@ pub fn sweep_links(store_dir: &Path) -> std::io::Result<u64> {
         if m.nlink() == 1 {
             std::fs::remove_file(&path)?;
             freed += allocated(&m);
+            super::pause::at("links");
         }
     }
     Ok(freed)

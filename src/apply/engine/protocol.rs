@@ -107,6 +107,10 @@ impl TempRoots {
 /// The running gc-socket server; stops and removes the socket when dropped.
 pub struct Server {
     path: PathBuf,
+    /// `path`, or when that is too long for a socket address, the same
+    /// socket through `/proc/self/fd/<dir>/socket` (see [`short_path`]).
+    addr: PathBuf,
+    _dir: Option<std::fs::File>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub roots: Arc<TempRoots>,
@@ -123,7 +127,8 @@ pub fn serve(state_dir: &Path, store_dir: &str) -> Result<Server, ProtocolError>
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(&path).map_err(err)?;
+    let (addr, dir_fd) = short_path(&dir, &path).map_err(err)?;
+    let listener = UnixListener::bind(&addr).map_err(err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     let roots = Arc::new(TempRoots::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,10 +136,25 @@ pub fn serve(state_dir: &Path, store_dir: &str) -> Result<Server, ProtocolError>
     let thread = std::thread::spawn(move || accept_loop(listener, &r, &s, &store));
     Ok(Server {
         path,
+        addr,
+        _dir: dir_fd,
         stop,
         thread: Some(thread),
         roots,
     })
+}
+
+/// A socket address is at most 107 bytes; Nix binds a longer path from
+/// inside its folder. The same folder reached through an open descriptor,
+/// `/proc/self/fd/<fd>/socket`, is short whatever the state dir.
+fn short_path(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() < 100 {
+        return Ok((path.to_path_buf(), None));
+    }
+    let d = std::fs::File::open(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()));
+    Ok((short, Some(d)))
 }
 
 fn accept_loop(listener: UnixListener, roots: &Arc<TempRoots>, stop: &AtomicBool, store: &str) {
@@ -180,7 +200,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        let _ = UnixStream::connect(&self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -245,6 +265,24 @@ mod tests {
         assert!(matches!(e, ProtocolError::LockTimeout(..)), "{e}");
         drop(held);
         take_gc_lock(t.path(), Duration::ZERO).unwrap();
+    }
+
+    /// Pins a bug: a state dir deeper than a socket address can name made
+    /// the engine refuse to start ("path must be shorter than SUN_LEN").
+    #[test]
+    fn a_socket_path_longer_than_a_socket_address_is_served() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("s".repeat(120));
+        let server = serve(&state, "/s/store").unwrap();
+        let sock = state.join("gc-socket/socket");
+        assert!(sock.as_os_str().len() > 108 && sock.exists());
+        let short = server.addr.clone();
+        let p = format!("/s/store/{H}-hello");
+        let got = std::thread::spawn(move || ask(&short, &p)).join().unwrap();
+        assert_eq!(got, b'1');
+        assert!(server.roots.lock().roots.contains(H));
+        drop(server);
+        assert!(!sock.exists());
     }
 
     #[test]

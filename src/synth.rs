@@ -6,8 +6,9 @@
 //! has to run at sizes (10^6 paths) that nobody wants to build for real.
 //! [`generate`] writes a real schema-10 store into a folder: the database,
 //! the store entries, profiles and GC roots. Nix 2.8 accepts it
-//! (`nix-store --verify` is clean, `nix-store --gc --print-dead` works), so
-//! Nix can be the oracle for storegc's liveness. Generating needs no Nix.
+//! (`nix-store --verify --check-contents` is clean: every `hash` is the
+//! entry's true NAR hash; `nix-store --gc --print-dead` works), so Nix can
+//! be the oracle for storegc's liveness. Generating needs no Nix.
 //!
 //! The store comes from a small deterministic simulation, driven by a seed:
 //! - a package universe: a few hubs (glibc, gcc-lib, bash, ...) that almost

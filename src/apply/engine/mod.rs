@@ -143,6 +143,7 @@ impl Engine {
         name: impl Fn(PathId) -> String,
     ) -> ChunkOutcome {
         let mut out = ChunkOutcome::default();
+        let started = std::time::Instant::now();
         let (todo, paths) = loop {
             let todo = self.mark_pending(chunk, graph, deletable, &name, &mut out);
             let paths: Vec<String> = todo
@@ -169,8 +170,15 @@ impl Engine {
                 }
             }
         };
+        let committed = started.elapsed();
         let removed = self.pool.install(|| remove_files(&paths));
         self.server.roots.finish_pending();
+        tracing::debug!(
+            paths = todo.len(),
+            rows_s = committed.as_secs_f64(),
+            files_s = (started.elapsed() - committed).as_secs_f64(),
+            "chunk deleted"
+        );
         for (&id, r) in todo.iter().zip(removed) {
             match r {
                 Ok(b) => out.freed_bytes += b,

@@ -127,34 +127,13 @@ fn an_unwritable_store_is_refused() {
     let mut cmd = if root {
         // nobody may read everything and write the state dir (locks,
         // socket, database) but not the store dir (root's, 0755).
-        let bin = b.store.root().join("storegc-unprivileged");
-        std::fs::copy(common::storegc_bin(), &bin).expect("copying storegc");
-        common::run_ok(
-            Command::new("chmod")
-                .arg("-R")
-                .arg("a+rX")
-                .arg(b.store.root()),
-        );
         common::run_ok(
             Command::new("chmod")
                 .arg("-R")
                 .arg("a+rwX")
                 .arg(&b.store.state_dir),
         );
-        let mut outer = Command::new("setpriv");
-        outer
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => outer.env(k, v),
-                None => outer.env_remove(k),
-            };
-        }
-        outer.current_dir(b.store.root());
-        outer.stdin(std::process::Stdio::null());
-        outer
+        b.store.unprivileged(cmd)
     } else {
         std::fs::set_permissions(&b.store.store_dir, std::fs::Permissions::from_mode(0o555))
             .expect("chmod");

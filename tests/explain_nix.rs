@@ -389,10 +389,14 @@ fn removal_set(all_roots: &serde_json::Value, link: &str) -> BTreeSet<PathBuf> {
         if r["link"] != link {
             continue;
         }
-        match r["via"].as_str() {
-            Some(via) => out.insert(PathBuf::from(via)),
-            None => out.insert(PathBuf::from(link)),
-        };
+        // One entry per link: found directly (any kind but indirect) it is
+        // the link itself, and each entry pointing to it counts too.
+        if r["kind"] != "indirect" {
+            out.insert(PathBuf::from(link));
+        }
+        for via in r["via"].as_array().into_iter().flatten() {
+            out.insert(PathBuf::from(via.as_str().expect("via")));
+        }
     }
     out
 }

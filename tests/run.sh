@@ -51,7 +51,7 @@ trap 'rm -f "$log"' EXIT
 status=0
 if [ "$STOREGC_NIX" != 2.26 ]; then
   echo "tests/run.sh: every test, against $(nix-store --version 2>/dev/null || echo 'nix-store on PATH')" >&2
-  (unset STOREGC_NIX_BIN; cargo test --all-targets "$@") 2>&1 | tee -a "$log" || status=1
+  (unset STOREGC_NIX_BIN; cargo test --no-fail-fast --all-targets "$@") 2>&1 | tee -a "$log" || status=1
 fi
 if [ -n "$nix226" ]; then
   if [ "$STOREGC_NIX" = both ]; then
@@ -64,7 +64,7 @@ if [ -n "$nix226" ]; then
     targets=(--all-targets)
   fi
   echo "tests/run.sh: ${targets[*]} against Nix 2.26 in $nix226" >&2
-  PATH="$nix226:$PATH" STOREGC_NIX_BIN="$nix226" cargo test "${targets[@]}" "$@" 2>&1 |
+  PATH="$nix226:$PATH" STOREGC_NIX_BIN="$nix226" cargo test --no-fail-fast "${targets[@]}" "$@" 2>&1 |
     tee -a "$log" || status=1
 fi
 # One closing line for the whole run: the sums over every test binary of

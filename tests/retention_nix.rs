@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{run_ok, Graph, NixStore, Rng};
+use common::{run_ok, Graph, NixStore, Realised, Rng};
 use serde_json::Value;
 
 const DAY: i64 = 86_400;
@@ -27,6 +27,21 @@ fn seed(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(default)
+}
+
+/// A fresh store with a seeded random graph (`nodes` nodes) whose
+/// derivations are all built: the generator (for the test's further
+/// draws), the store, the graph, the derivations' nodes and what Nix made.
+fn built(seed: u64, nodes: usize) -> (Rng, NixStore, Graph, Vec<usize>, Realised) {
+    eprintln!("retention_nix: seed {seed}");
+    let mut rng = Rng::new(seed);
+    let store = NixStore::new();
+    let graph = Graph::random(&mut rng, nodes, "n");
+    let build: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&i| graph.nodes[i].is_derivation())
+        .collect();
+    let real = store.realise_graph(&graph, &build);
+    (rng, store, graph, build, real)
 }
 
 fn now() -> i64 {
@@ -130,14 +145,7 @@ fn keep_newest_per_ci_repository() {
         return;
     }
     let seed = seed(20_261_202);
-    eprintln!("retention_nix: seed {seed}");
-    let mut rng = Rng::new(seed);
-    let store = NixStore::new();
-    let graph = Graph::random(&mut rng, 16, "n");
-    let build: Vec<usize> = (0..graph.nodes.len())
-        .filter(|&i| graph.nodes[i].is_derivation())
-        .collect();
-    let real = store.realise_graph(&graph, &build);
+    let (mut rng, store, graph, build, real) = built(seed, 16);
     let ci = store.root().join("ci");
     let t0 = now();
     let mut links = Vec::new();
@@ -371,14 +379,7 @@ fn build_closures_of_a_listed_toplevel() {
         return;
     }
     let seed = seed(20_261_203);
-    eprintln!("retention_nix: seed {seed}");
-    let mut rng = Rng::new(seed);
-    let store = NixStore::new();
-    let graph = Graph::random(&mut rng, 28, "n");
-    let build: Vec<usize> = (0..graph.nodes.len())
-        .filter(|&i| graph.nodes[i].is_derivation())
-        .collect();
-    let real = store.realise_graph(&graph, &build);
+    let (mut rng, store, graph, build, real) = built(seed, 28);
     let db = Db::read(&store);
     // The toplevel: the built output with the largest deriver closure.
     let top = (build.iter())
@@ -487,14 +488,7 @@ fn apply_keeps_the_build_closure_of_a_toplevel_listed_after_the_plan() {
         return;
     }
     let seed = seed(20_261_204);
-    eprintln!("retention_nix: seed {seed}");
-    let mut rng = Rng::new(seed);
-    let store = NixStore::new();
-    let graph = Graph::random(&mut rng, 28, "n");
-    let build: Vec<usize> = (0..graph.nodes.len())
-        .filter(|&i| graph.nodes[i].is_derivation())
-        .collect();
-    let real = store.realise_graph(&graph, &build);
+    let (_, store, _, build, real) = built(seed, 28);
     let db = Db::read(&store);
     let outputs: Vec<usize> = (build.iter())
         .flat_map(|&i| real.nodes[i].outputs.values())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
-use crate::cli::{ApplyArgs, GlobalArgs, TextOrJson};
+use crate::cli::{ApplyArgs, GlobalArgs};
 use crate::exit::ExitCode;
 use crate::progress::{DeletionBar, Printer};
 use crate::report::human_bytes;
@@ -122,11 +122,7 @@ fn apply_and_report(
     for e in &report.errors {
         eprintln!("storegc: {e}");
     }
-    let text = match args.format {
-        TextOrJson::Text => text(&report),
-        TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
-    };
-    super::write_stdout(&text)?;
+    super::write_report(args.format, &report, text)?;
     let code = if report.failed.is_empty() && report.errors.is_empty() && !report.interrupted {
         ExitCode::Success
     } else {

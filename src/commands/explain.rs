@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use anyhow::{anyhow, Result};
 
-use crate::cli::{ExplainArgs, GlobalArgs, TextOrJson};
+use crate::cli::{ExplainArgs, GlobalArgs};
 use crate::exit::ExitCode;
 use crate::explain::{explain, Explanation, PolicyView};
 
@@ -43,11 +43,7 @@ pub fn run(global: &GlobalArgs, args: &ExplainArgs) -> Result<ExitCode> {
         view.as_ref(),
         target,
     );
-    let text = match args.format {
-        TextOrJson::Text => text(&e),
-        TextOrJson::Json => serde_json::to_string_pretty(&e)? + "\n",
-    };
-    super::write_stdout(&text)?;
+    super::write_report(args.format, &e, text)?;
     Ok(ExitCode::Success)
 }
 

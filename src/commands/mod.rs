@@ -80,6 +80,19 @@ pub fn write_stdout(text: &str) -> Result<()> {
     }
 }
 
+/// Writes a command's report to stdout as text or pretty JSON.
+pub fn write_report<R: serde::Serialize>(
+    format: crate::cli::TextOrJson,
+    report: &R,
+    text: impl FnOnce(&R) -> String,
+) -> Result<()> {
+    let out = match format {
+        crate::cli::TextOrJson::Text => text(report),
+        crate::cli::TextOrJson::Json => serde_json::to_string_pretty(report)? + "\n",
+    };
+    write_stdout(&out)
+}
+
 /// The clock, read once per command.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use anyhow::Result;
 
 use crate::apply::repair::{repair, RepairOptions, RepairReport};
-use crate::cli::{GlobalArgs, RepairArgs, TextOrJson};
+use crate::cli::{GlobalArgs, RepairArgs};
 use crate::exit::ExitCode;
 use crate::report::human_bytes;
 
@@ -23,11 +23,7 @@ pub fn run(global: &GlobalArgs, args: &RepairArgs) -> Result<ExitCode> {
     for e in &report.errors {
         eprintln!("storegc: {e}");
     }
-    let text = match args.format {
-        TextOrJson::Text => text(&report),
-        TextOrJson::Json => serde_json::to_string_pretty(&report)? + "\n",
-    };
-    super::write_stdout(&text)?;
+    super::write_report(args.format, &report, text)?;
     Ok(if report.errors.is_empty() {
         ExitCode::Success
     } else {

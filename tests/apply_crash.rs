@@ -6,8 +6,9 @@
 //! kill `nix-store --verify --check-contents` is clean and every valid path
 //! has its files; the next `apply` finishes the job and removes (and
 //! reports) what the crash left without a database row; so does `storegc
-//! repair`. SIGTERM while a chunk is under way lets the chunk finish (rows
-//! and files) and stops before the next.
+//! repair`. The same holds for kills at random moments of a run. SIGTERM
+//! while a chunk is under way lets the chunk finish (rows and files) and
+//! stops before the next.
 
 mod apply_support;
 mod common;
@@ -83,12 +84,18 @@ impl Drop for Paused {
 }
 
 fn spawn_paused(b: &Built, plan: &std::path::Path, point: &str, extra: &[&str]) -> Paused {
+    spawn(b, plan, Some(point), extra)
+}
+
+/// Starts apply, stopping itself at `pause` when given.
+fn spawn(b: &Built, plan: &std::path::Path, pause: Option<&str>, extra: &[&str]) -> Paused {
     let args = apply_args(plan, extra);
     let mut cmd = b.store.storegc(&args);
-    cmd.env("STOREGC_TEST_PAUSE", point)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("storegc apply paused at {point}");
+    if let Some(point) = pause {
+        cmd.env("STOREGC_TEST_PAUSE", point);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let what = format!("storegc apply (pause: {pause:?})");
     Paused {
         child: Some(cmd.spawn().expect("starting apply")),
         what,
@@ -148,32 +155,46 @@ fn crash_at(point: &str, nth: usize, seed: u64, optimise: bool) -> BTreeSet<Stri
     run.signal(libc::SIGKILL);
     let killed = run.finish();
     assert_eq!(killed.code, None, "not killed: {}", killed.show());
-    assert_consistent(&b, &format!("killed at {point}"));
-    let left = leftovers(&b, &planned);
-    let again = apply(&b.store, &file, &["--delete-with", "storegc"]);
+    finish_after_crash(&b, &file, &planned, &live, point)
+}
+
+/// After a kill (`what`): the store is consistent, and the next apply
+/// removes (and reports) what the crash left without a row, deletes the
+/// rest of the plan and leaves exactly the live paths and no unused
+/// `.links` entries. Returns what the crash left without a row.
+fn finish_after_crash(
+    b: &Built,
+    file: &std::path::Path,
+    planned: &BTreeSet<String>,
+    live: &BTreeSet<String>,
+    what: &str,
+) -> BTreeSet<String> {
+    assert_consistent(b, &format!("killed at {what}"));
+    let left = leftovers(b, planned);
+    let again = apply(&b.store, file, &["--delete-with", "storegc"]);
     let report = again.expect_code(0).report();
     let removed = strs(&report["orphans_removed"]);
     assert!(
         left.is_subset(&removed),
-        "{point}: crash leftovers not removed: {}",
+        "{what}: crash leftovers not removed: {}",
         set_diff(&left, &removed)
     );
     let valid = b.store.valid_paths();
     for p in &removed {
         assert!(
             !valid.contains(p) && !exists(p),
-            "{point}: {p} removed wrongly"
+            "{what}: {p} removed wrongly"
         );
     }
-    for p in &planned {
+    for p in planned {
         assert!(
             !exists(p),
-            "{point}: planned {p} still on disk after the second run"
+            "{what}: planned {p} still on disk after the second run"
         );
     }
-    assert_only_live_left(&b.store, &live);
-    assert_consistent(&b, &format!("after the run that followed {point}"));
-    assert_eq!(unused_links(&b), 0, "{point}: unused .links entries left");
+    assert_only_live_left(&b.store, live);
+    assert_consistent(b, &format!("after the run that followed {what}"));
+    assert_eq!(unused_links(b), 0, "{what}: unused .links entries left");
     left
 }
 
@@ -365,4 +386,56 @@ fn sigkill_during_the_orphan_sweep() {
     }
     assert_only_live_left(&b.store, &live);
     assert_consistent(&b, "after the third run");
+}
+
+/// SIGKILL at random moments, wherever apply happens to be rather than at
+/// a pause point: each seed's store (optimised, so the `.links` pass has
+/// work) is planned, and apply with chunks of one path is killed after a
+/// delay drawn from [0, T), T the wall time of a full apply of a store
+/// built alike. After each kill the store is consistent and the next run
+/// finishes the job. At least one kill must land before its run ended,
+/// or the test proved nothing.
+#[test]
+fn sigkill_at_random_moments() {
+    if !common::nix_available("sigkill_at_random_moments") {
+        return;
+    }
+    let base = std::env::var("STOREGC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(420);
+    let engine = ["--delete-with", "storegc", "--chunk-size", "1"];
+    let optimised_plan = |seed| {
+        let b = built(seed, 24, GcConf::default());
+        b.store.nix_store(&["--optimise"]);
+        let live = b.store.print_live();
+        let file = b.plan_file("plan.json");
+        let planned = planned(&make_plan(&b.store, &file, &[]));
+        (b, live, file, planned)
+    };
+    let (b, _, file, _) = optimised_plan(base);
+    let start = Instant::now();
+    apply(&b.store, &file, &engine).expect_code(0);
+    let full = start.elapsed().as_micros().max(1) as usize;
+    let mut rng = common::Rng::new(base);
+    let mut mid_run = 0;
+    for seed in (base + 1)..(base + 7) {
+        let (b, live, file, planned) = optimised_plan(seed);
+        let delay = Duration::from_micros(rng.below(full) as u64);
+        let mut run = spawn(&b, &file, None, &engine);
+        std::thread::sleep(delay);
+        run.signal(libc::SIGKILL);
+        let killed = run.finish().code.is_none();
+        mid_run += usize::from(killed);
+        let still_valid = and(&planned, &b.store.valid_paths()).len();
+        let what = format!("seed {seed} after {delay:?}");
+        let left = finish_after_crash(&b, &file, &planned, &live, &what);
+        eprintln!(
+            "apply_crash: seed {seed}, SIGKILL after {delay:?} of {full} us (killed: {killed}): \
+             {still_valid} of {} planned paths were still valid, {} left without a row",
+            planned.len(),
+            left.len()
+        );
+    }
+    assert!(mid_run > 0, "every run ended before its kill");
 }

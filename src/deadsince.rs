@@ -249,6 +249,44 @@ impl DeadSince {
     }
 }
 
+/// Held while a run reads the state, decides and writes it back, so two
+/// writers (`plan --out` and `apply`, or two timers) never lose each
+/// other's update: a blocking exclusive `flock` on `<file>.lock`, released
+/// when dropped. Readers need none: [`DeadSince::save`] renames.
+#[derive(Debug)]
+pub struct UpdateLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the [`UpdateLock`] of the state `file`, waiting for its holder.
+pub fn lock_for_update(file: &Path) -> Result<UpdateLock, DeadSinceError> {
+    use std::os::fd::AsRawFd as _;
+    let mut name = file.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let err = |io| DeadSinceError::Write {
+        file: lock.clone(),
+        io,
+    };
+    if let Some(dir) = lock.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(err)?;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(UpdateLock(f));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err(e));
+        }
+    }
+}
+
 /// Reads a state file: `Ok(None)` when there is none (the first run).
 pub fn load(file: &Path, store_dir: &str) -> Result<Option<DeadSince>, DeadSinceError> {
     match std::fs::read(file) {
@@ -399,6 +437,31 @@ mod tests {
             "{m}"
         );
         assert!(msg(b"hello world", SD).contains("bad magic"));
+    }
+
+    /// A second updater waits until the first has written and let go.
+    #[test]
+    fn an_update_waits_for_the_one_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/dead-since");
+        let first = lock_for_update(&file).unwrap();
+        assert!(dir.path().join("sub/dead-since.lock").exists());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiter = {
+            let (file, done) = (file.clone(), done.clone());
+            std::thread::spawn(move || {
+                let _second = lock_for_update(&file).unwrap();
+                done.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "the second took a held lock");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(first);
+        assert!(
+            waiter.join().unwrap(),
+            "the second went before the first let go"
+        );
     }
 
     #[test]

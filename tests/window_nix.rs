@@ -435,3 +435,73 @@ fn bad_state_files_are_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains(&other.display().to_string()));
     let _ = Path::new("");
 }
+
+/// Holds the state's update lock (`<state>.lock`, exclusive `flock`) as
+/// another storegc run would, until dropped.
+fn hold_update_lock(state: &std::path::Path) -> std::fs::File {
+    use std::os::fd::AsRawFd as _;
+    let mut name = state.as_os_str().to_owned();
+    name.push(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::path::PathBuf::from(name))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
+
+/// Starts storegc with `args` while the update lock is held: it must wait
+/// for the lock, then finish once it is let go.
+fn waits_for_the_update_lock(c: &Case, args: &[OsString]) {
+    let lock = hold_update_lock(&c.state);
+    let mut child = common::Holder::of(
+        c.store
+            .storegc(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        child.running(),
+        "{args:?} did not wait for the state's lock"
+    );
+    drop(lock);
+    assert!(
+        child.wait().success(),
+        "{args:?} failed after the lock was let go"
+    );
+}
+
+/// `plan --out` and `apply` hold the state's update lock from reading the
+/// state to writing it back, so one never overwrites what the other wrote
+/// in between (a timer's plan and a low-disk apply, say).
+#[test]
+fn plan_out_and_apply_wait_for_the_state_lock() {
+    if !common::nix_available("plan_out_and_apply_wait_for_the_state_lock") {
+        return;
+    }
+    let c = Case::new();
+    c.plan(true);
+    c.age_state(8);
+    assert_eq!(Case::planned(&c.plan(true)).len(), 2);
+    waits_for_the_update_lock(&c, &["apply".into(), c.plan_file.clone().into()]);
+    assert!(c.state_entries().is_empty(), "apply's update was lost");
+    assert_eq!(
+        c.store.invalid_among(&[c.top.clone(), c.dep.clone()]).len(),
+        2
+    );
+    std::fs::remove_file(&c.state).unwrap();
+    let plan_out: Vec<OsString> = vec![
+        "plan".into(),
+        "--policy".into(),
+        c.policy.clone().into(),
+        "--out".into(),
+        c.plan_file.clone().into(),
+    ];
+    waits_for_the_update_lock(&c, &plan_out);
+    assert!(c.state.exists(), "plan --out wrote no state");
+}

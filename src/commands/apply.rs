@@ -186,6 +186,7 @@ fn update_dead_since(plan_file: &std::path::Path, report: &ApplyReport) -> Resul
         return Ok(());
     };
     let file = std::path::Path::new(&w.state_file);
+    let _lock = crate::deadsince::lock_for_update(file)?;
     let Some(mut state) = crate::deadsince::load(file, &plan.store_dir)? else {
         return Ok(());
     };

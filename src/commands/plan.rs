@@ -67,6 +67,15 @@ fn plan_and_emit(global: &GlobalArgs, args: &PlanArgs, seen: &mut Seen) -> Resul
             return Ok(ExitCode::Success);
         }
     }
+    // A plan that writes the window's state holds its lock from reading it
+    // to writing it back, so an apply's update in between is not lost.
+    let _state_lock = match (&args.out, policy.select.dead_for) {
+        (Some(_), Some(_)) => Some(deadsince::lock_for_update(&state_file_path(
+            &settings,
+            args.state_file.as_deref(),
+        ))?),
+        _ => None,
+    };
     let no_db = !crate::db::db_path(&settings.state_dir).exists();
     let plan = if no_db && args.demo_if_no_store {
         None
@@ -151,16 +160,22 @@ fn read_dead_since(
     if policy.select.dead_for.is_none() {
         return Ok(None);
     }
-    let file = state_file.map_or_else(
-        || deadsince::default_file(&settings.state_dir),
-        Path::to_path_buf,
-    );
-    let file = std::path::absolute(&file).unwrap_or(file);
+    let file = state_file_path(settings, state_file);
     let store = settings.store_dir.as_str();
     Ok(Some(match deadsince::load(&file, store)? {
         Some(state) => (file, state, false),
         None => (file, DeadSince::new(store), true),
     }))
+}
+
+/// The rollback window's state file: `--state-file`, else
+/// `$NIX_STATE_DIR/storegc/dead-since`, made absolute.
+fn state_file_path(settings: &Settings, state_file: Option<&Path>) -> PathBuf {
+    let file = state_file.map_or_else(
+        || deadsince::default_file(&settings.state_dir),
+        Path::to_path_buf,
+    );
+    std::path::absolute(&file).unwrap_or(file)
 }
 
 /// [`evaluate`] with the rollback window's state file given.

@@ -1178,6 +1178,21 @@ impl Holder {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Any child, to be killed and reaped on drop (also on a failure).
+    pub fn of(child: Child) -> Holder {
+        Holder { child }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("polling a child").is_none()
+    }
+
+    /// Waits for it to end.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("waiting for a child")
+    }
 }
 
 impl Drop for Holder {

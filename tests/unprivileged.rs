@@ -189,6 +189,16 @@ fn unreadable_processes_are_counted_and_apply_refuses_without_the_flag() {
         String::from_utf8_lossy(&out.stderr).contains("warning: roots incomplete: "),
         "stderr: {what}"
     );
+    // However many scans a run makes (the demo makes several), stderr
+    // says it once.
+    let mut demo = s.storegc(&["demo", "--paths", "300"]);
+    demo.env("TMPDIR", &out_dir);
+    let (out, what) = run(s.unprivileged(demo));
+    assert_eq!(out.status.code(), Some(0), "{what}");
+    let said = (String::from_utf8_lossy(&out.stderr))
+        .matches("warning: roots incomplete: ")
+        .count();
+    assert_eq!(said, 1, "{what}");
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
     assert!(

@@ -56,10 +56,12 @@ pub fn resolve_settings(global: &GlobalArgs) -> Result<Settings> {
 }
 
 /// Says on stderr, as settings warnings are said, when the scan could not
-/// read every process's runtime roots.
+/// read every process's runtime roots; once a run, however many scans it
+/// makes (`demo` makes several).
 pub fn warn_incomplete_roots(state: &crate::load::StoreState) {
+    static SAID: std::sync::Once = std::sync::Once::new();
     if let Some(w) = state.incomplete_roots_warning() {
-        eprintln!("warning: {w}");
+        SAID.call_once(|| eprintln!("warning: {w}"));
     }
 }
 

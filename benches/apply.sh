@@ -116,7 +116,10 @@ planned=$(wc -l <"$work/planned.txt")
 [ "$planned" -gt 0 ] || die "the plan deletes nothing"
 cp -a "$store" "$work/pristine"
 
+# Every contestant runs on a fresh copy made the same way, so none gets
+# the store as storegc-synth laid it out.
 echo "engine: storegc apply --delete-with storegc ($planned paths)..." >&2
+restore "$work/pristine"
 measure engine "$bin/storegc" apply "$work/plan.json" --format json --delete-with storegc
 check_report engine
 check_valid engine

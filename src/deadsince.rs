@@ -258,7 +258,6 @@ pub struct UpdateLock(#[allow(dead_code)] std::fs::File);
 
 /// Takes the [`UpdateLock`] of the state `file`, waiting for its holder.
 pub fn lock_for_update(file: &Path) -> Result<UpdateLock, DeadSinceError> {
-    use std::os::fd::AsRawFd as _;
     let mut name = file.as_os_str().to_owned();
     name.push(".lock");
     let lock = PathBuf::from(name);
@@ -275,16 +274,8 @@ pub fn lock_for_update(file: &Path) -> Result<UpdateLock, DeadSinceError> {
         .write(true)
         .open(&lock)
         .map_err(err)?;
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(UpdateLock(f));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err(e));
-        }
-    }
+    crate::flock::lock_exclusive(&f).map_err(err)?;
+    Ok(UpdateLock(f))
 }
 
 /// Reads a state file: `Ok(None)` when there is none (the first run).

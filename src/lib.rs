@@ -13,6 +13,7 @@ pub mod deadsince;
 pub mod dominators;
 pub mod exit;
 pub mod explain;
+pub mod flock;
 pub mod graph;
 pub mod load;
 pub mod metrics;

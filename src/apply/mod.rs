@@ -25,7 +25,6 @@ pub mod remove;
 pub mod repair;
 pub mod scc;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -321,15 +320,9 @@ pub(crate) fn take_lock(state_dir: &Path) -> Result<std::fs::File, ApplyError> {
         .write(true)
         .open(&path)
         .map_err(|e| ApplyError::Lock(path.clone(), e))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            ApplyError::Busy(path)
-        } else {
-            ApplyError::Lock(path, err)
-        });
+    match crate::flock::try_lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(ApplyError::Busy(path)),
+        Err(e) => Err(ApplyError::Lock(path, e)),
     }
-    Ok(file)
 }

@@ -19,9 +19,9 @@
 //! non-blocking exclusive lock, and releases it at once when it succeeds.
 //! Nothing is ever written or removed.
 
+use crate::flock::{try_lock_exclusive, unlock};
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -107,38 +107,6 @@ fn read_if_held(path: &Path) -> Result<Option<Vec<u8>>, RootsError> {
     Ok(Some(contents))
 }
 
-/// Tries a non-blocking exclusive `flock` on `file`: `Ok(true)` when taken,
-/// `Ok(false)` when another open file description holds a lock. Retries on
-/// `EINTR`. O(1).
-fn try_lock_exclusive(file: &File) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a file descriptor we own; no memory involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
-    }
-}
-
-/// Releases an `flock` taken by [`try_lock_exclusive`]. O(1).
-fn unlock(file: &File) -> io::Result<()> {
-    loop {
-        // SAFETY: as above.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-}
-
 /// The link a temp root is listed under: `{temp:PID}` for the names every
 /// Nix writes (`PID`, `PID.tmp-…`, `temproots-PID-N`), `{temp:NAME}` for
 /// any other name. O(len(name)).
@@ -183,6 +151,7 @@ fn parse_pid(name: &[u8]) -> Option<i32> {
 mod tests {
     use super::*;
     use std::fs::OpenOptions;
+    use std::os::fd::AsRawFd;
     use std::path::PathBuf;
 
     const H1: &str = "0123456789abcdfghijklmnpqrsvwxyz";

@@ -24,7 +24,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -167,10 +166,10 @@ fn has_row(conn: &Connection, path: &str) -> rusqlite::Result<bool> {
     q.exists([path])
 }
 
-/// A non-blocking exclusive `flock` (what Nix's `lockFile` takes).
+/// A non-blocking exclusive `flock` (what Nix's `lockFile` takes); an
+/// error counts as not taken.
 fn try_lock(f: &File) -> bool {
-    // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    crate::flock::try_lock_exclusive(f).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -50,13 +50,10 @@ pub fn take_gc_lock(state_dir: &Path, timeout: Duration) -> Result<GcLock, Proto
     let start = Instant::now();
     let mut told = false;
     loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(GcLock { _file: file });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(ProtocolError::Lock(path, err));
+        match crate::flock::try_lock_exclusive(&file) {
+            Ok(true) => return Ok(GcLock { _file: file }),
+            Ok(false) => {}
+            Err(e) => return Err(ProtocolError::Lock(path, e)),
         }
         if start.elapsed() >= timeout {
             return Err(ProtocolError::LockTimeout(path, timeout));
